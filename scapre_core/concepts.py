@@ -1,0 +1,167 @@
+"""The text side of an edit: concept vectors, aligned contexts and targets (SPEC "Inputs").
+
+Everything here is computed once per edit from encoded prompts and shared by every layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .validation import check_finite
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """Encoded erase, guide and preserve prompts, reduced to what the solve reads.
+
+    Attributes (``m`` erase prompts, ``d`` the text-embedding width):
+        concept_vecs: ``[m, d]``, ``c_j``: the embedding of the last word token of erase prompt ``j``.
+        empty_vec: ``[d]``, ``e``: the empty prompt's embedding at position 1 (its end token).
+        contexts: ``m`` tensors ``[t_j, d]``, ``X_j``: erase prompt ``j`` from its last word token on.
+        targets: ``m`` tensors ``[t_j, d]``, ``Y_j``: the guide from its last word token, aligned to ``X_j``.
+        preserve_contexts: ``Z_k``: each preserve prompt from its last word token on.
+        erase_texts / guide_texts / preserve_texts: optional labels for reports (same lengths).
+    """
+
+    concept_vecs: torch.Tensor
+    empty_vec: torch.Tensor
+    contexts: tuple[torch.Tensor, ...]
+    targets: tuple[torch.Tensor, ...]
+    preserve_contexts: tuple[torch.Tensor, ...] = ()
+    erase_texts: tuple[str, ...] = ()
+    guide_texts: tuple[str, ...] = ()
+    preserve_texts: tuple[str, ...] = ()
+
+    @property
+    def num_concepts(self) -> int:
+        return int(self.concept_vecs.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.concept_vecs.shape[1])
+
+    @property
+    def num_preserve(self) -> int:
+        return len(self.preserve_contexts)
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        erase: Sequence[torch.Tensor],
+        erase_last: Sequence[int],
+        guide: Sequence[torch.Tensor],
+        guide_last: Sequence[int],
+        empty: torch.Tensor,
+        preserve: Sequence[torch.Tensor] = (),
+        preserve_last: Sequence[int] = (),
+        *,
+        erase_texts: Sequence[str] = (),
+        guide_texts: Sequence[str] = (),
+        preserve_texts: Sequence[str] = (),
+    ) -> ConceptSet:
+        """Derive ``c_j``, ``X_j``, ``Y_j``, ``e`` and ``Z_k`` from encoded prompts (SPEC "Inputs").
+
+        ``erase``, ``guide`` and ``preserve`` hold one ``[T, d]`` encoding per prompt (the padded
+        conditioning the UNet reads); ``*_last`` is the index of each prompt's last word token
+        (0 for an empty guide, whose aligned tokens then start at the start token). Contexts and
+        targets are trimmed to a common length ``t_j = T - max(f_p, f_g)``.
+        """
+        erase, guide, preserve = list(erase), list(guide), list(preserve)
+        erase_last, guide_last, preserve_last = list(erase_last), list(guide_last), list(preserve_last)
+        if not erase:
+            raise ValueError("no concepts: give at least one erase prompt")
+        _same_length("erase_last", erase_last, "erase", erase)
+        _same_length("guide", guide, "erase", erase)
+        _same_length("guide_last", guide_last, "guide", guide)
+        _same_length("preserve_last", preserve_last, "preserve", preserve)
+        for name, texts, ref in (
+            ("erase_texts", erase_texts, erase),
+            ("guide_texts", guide_texts, guide),
+            ("preserve_texts", preserve_texts, preserve),
+        ):
+            if len(texts) not in (0, len(ref)):
+                raise ValueError(f"{name} has {len(texts)} entries but there are {len(ref)} prompts")
+
+        empty = _as_sequence("empty", empty)
+        if empty.shape[0] < 2:
+            raise ValueError("empty must be the full padded encoding of the empty prompt ([T, d] with T >= 2)")
+        dim = int(empty.shape[1])
+        erase = [_as_sequence(f"erase[{j}]", t, dim) for j, t in enumerate(erase)]
+        guide = [_as_sequence(f"guide[{j}]", t, dim) for j, t in enumerate(guide)]
+        preserve = [_as_sequence(f"preserve[{k}]", t, dim) for k, t in enumerate(preserve)]
+        erase_last = [_index(f"erase_last[{j}]", f, erase[j], low=1) for j, f in enumerate(erase_last)]
+        guide_last = [_index(f"guide_last[{j}]", f, guide[j], low=0) for j, f in enumerate(guide_last)]
+        preserve_last = [_index(f"preserve_last[{k}]", f, preserve[k], low=0) for k, f in enumerate(preserve_last)]
+
+        contexts, targets = [], []
+        for x_full, f_p, y_full, f_g in zip(erase, erase_last, guide, guide_last, strict=True):
+            x, y = x_full[f_p:], y_full[f_g:]
+            t = min(x.shape[0], y.shape[0])
+            contexts.append(x[:t].clone())
+            targets.append(y[:t].clone())
+        concept_vecs = torch.stack([x[f] for x, f in zip(erase, erase_last, strict=True)])
+        return cls(
+            concept_vecs=concept_vecs,
+            empty_vec=empty[1].clone(),
+            contexts=tuple(contexts),
+            targets=tuple(targets),
+            preserve_contexts=tuple(z[f:].clone() for z, f in zip(preserve, preserve_last, strict=True)),
+            erase_texts=tuple(str(t) for t in erase_texts),
+            guide_texts=tuple(str(t) for t in guide_texts),
+            preserve_texts=tuple(str(t) for t in preserve_texts),
+        )
+
+    def fingerprint(self) -> str:
+        """A short hash of the numbers the edit reads, to match Informax results to concepts."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (self.concept_vecs, self.empty_vec, *self.contexts, *self.targets):
+            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def _same_length(name: str, values: Sequence, ref_name: str, ref: Sequence) -> None:
+    if len(values) != len(ref):
+        raise ValueError(f"{name} has {len(values)} entries but {ref_name} has {len(ref)}; give one per prompt")
+
+
+def _as_sequence(name: str, tensor: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Validate one encoded prompt and return a detached floating copy (half widened to float32)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [T, d], got {type(tensor).__name__}")
+    if tensor.dim() == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 2 or tensor.shape[0] < 1:
+        raise ValueError(f"{name} must have shape [T, d] (one encoded prompt), got {list(tensor.shape)}")
+    if dim is not None and tensor.shape[1] != dim:
+        raise ValueError(
+            f"{name} has embedding width {tensor.shape[1]} but the empty prompt has {dim}: "
+            "encode every prompt with the same text encoder"
+        )
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got {tensor.dtype}")
+    dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    out = tensor.detach().to(device="cpu", dtype=dtype)
+    check_finite(name, out)
+    return out
+
+
+def _index(name: str, value: int, tensor: torch.Tensor, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer token index, got {value!r}")
+    value = int(value)
+    high = tensor.shape[0] - 1
+    if not low <= value <= high:
+        raise ValueError(f"{name} = {value} is out of range: it must be in [{low}, {high}] for a sequence of "
+                         f"{tensor.shape[0]} tokens" + (" (index 0 is the start token, not a word)" if low else ""))
+    return value

@@ -1,0 +1,198 @@
+"""One frozen configuration object for every ScaPre hyperparameter (SPEC "Published settings").
+
+Each field carries the paper's default and a one-line meaning in ``FIELD_HELP``; the ComfyUI
+nodes map their inputs onto these fields one to one, so the help text here is also the tooltip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+VARIANTS = ("scale", "small", "uce")
+TECHNIQUES = ("replace", "tensor")
+MI_ESTIMATORS = ("sampled", "expected")
+PRECISIONS = ("float32", "float64")
+
+#: Fields that determine the Informax row weights and the entropy factor. A precomputed
+#: :class:`~scapre_core.informax.InformaxResult` is only valid for a config that agrees on these.
+INFORMAX_FIELDS = (
+    "p",
+    "mi_temperature",
+    "mi_samples",
+    "noise_sigma",
+    "use_informax",
+    "mi_estimator",
+    "entropy_samples",
+    "entropy_bins",
+    "seed",
+    "precision",
+)
+
+FIELD_HELP: dict[str, str] = {
+    "variant": "scale: the large-scale ScaPre solve (paper default); small: the authors' erase.py "
+    "(row-weighted solve, entropy rollback); uce: the UCE baseline, for comparison.",
+    "lam": "lambda: how strongly every weight stays near its original value (0.5 in all published runs).",
+    "erase_scale": "s: weight of the erase term; larger erases harder and changes more "
+    "(1 small runs, 2-3 at scale).",
+    "preserve_scale": "q: weight that keeps the preserve prompts' projections unchanged (only used "
+    "when preserve prompts are given).",
+    "technique": "replace: map erased contexts to the guide's projection (published default); tensor: "
+    "first remove from each target its component along the erased projection.",
+    "p": "Power of the Informax soft mask; higher concentrates the edit on the most informative rows "
+    "(2 small, 5-8 at scale, 3 explicit).",
+    "mi_temperature": "T: temperature of the Informax soft mask (0.7 published).",
+    "mi_samples": "K: noisy positives and negatives per concept for the mutual-information estimate (5).",
+    "noise_sigma": "sigma: noise added to the concept vectors for the Informax and entropy estimates (0.01).",
+    "use_informax": "Weight each output row by its mutual information with the concept (off gives every "
+    "row weight 1; the explicit-content run had it off).",
+    "mi_estimator": "sampled: the paper's noisy estimate (seeded); expected: its closed-form population "
+    "value, deterministic and noise-free.",
+    "entropy_samples": "Noisy draws per concept for the per-row entropy factor (20 small, 30 at scale).",
+    "entropy_bins": "Histogram bins for the per-row entropy factor (20).",
+    "mu_from_entropy": "Take the Bures strength mu of each matrix from its mean row entropy (published "
+    "behaviour); off uses the constant mu.",
+    "mu": "Constant Bures strength, used when mu_from_entropy is off (0.1).",
+    "ased": "Spectral trace regulariser: extra curvature along weak concept directions (on in the "
+    "50-object and 50-artist runs).",
+    "t_sigma": "Temperature of the spectral gate (ASED and the small variant's SVD residual).",
+    "p_sigma": "Power of the spectral gate (ASED and the small variant's SVD residual).",
+    "bures_iters": "Rounds of the Bures proximal step that keeps each row's norm and direction near the "
+    "original (1 published; 0 skips the step).",
+    "egbr": "Entropy-guided blend of each edited row back towards the original (off by default).",
+    "alpha_min": "Small variant: least share of the edit each row keeps in the entropy rollback (0.8).",
+    "svd_residual": "Small variant: subtract the spectral residual of the concept directions.",
+    "seed": "Seed of the Informax and entropy noise; same seed and inputs give the same bits.",
+    "precision": "Arithmetic of the edit: float32 (default) or float64. Weights keep their own dtype.",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ScaPreConfig:
+    """Every ScaPre hyperparameter, with the published defaults (see ``FIELD_HELP``)."""
+
+    variant: str = "scale"
+    lam: float = 0.5
+    erase_scale: float = 2.0
+    preserve_scale: float = 1.0
+    technique: str = "replace"
+    p: float = 2.0
+    mi_temperature: float = 0.7
+    mi_samples: int = 5
+    noise_sigma: float = 0.01
+    use_informax: bool = True
+    entropy_samples: int = 20
+    entropy_bins: int = 20
+    mu_from_entropy: bool = True
+    mu: float = 0.1
+    ased: bool = False
+    t_sigma: float = 1.0
+    p_sigma: float = 1.0
+    bures_iters: int = 1
+    egbr: bool = False
+    alpha_min: float = 0.8
+    svd_residual: bool = False
+    seed: int = 0
+    mi_estimator: str = "sampled"
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> ScaPreConfig:
+        """A copy with ``changes`` applied (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScaPreConfig:
+        """Build from a mapping, rejecting unknown keys with a message that names them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown ScaPreConfig field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(**values)
+
+    def informax_key(self) -> dict[str, Any]:
+        """The fields an Informax result depends on (see ``INFORMAX_FIELDS``)."""
+        return {name: getattr(self, name) for name in INFORMAX_FIELDS}
+
+    @property
+    def needs_entropy(self) -> bool:
+        """Whether the edit uses the per-row entropy factor (SPEC "Entropy factor")."""
+        if self.variant == "small":
+            return True
+        if self.variant == "scale":
+            return self.mu_from_entropy or self.egbr
+        return False
+
+    @property
+    def needs_row_weights(self) -> bool:
+        """Whether the edit uses Informax row weights (uce never does)."""
+        return self.variant != "uce" and self.use_informax
+
+
+def _choice(cfg: ScaPreConfig, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in options:
+        raise ValueError(f"ScaPreConfig.{name} must be one of {list(options)}, got {value!r}")
+
+
+def _real(cfg: ScaPreConfig, name: str, low: float, high: float = math.inf, *, open_low: bool = False) -> None:
+    value = getattr(cfg, name)
+    bound = f"{'>' if open_low else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"ScaPreConfig.{name} must be a finite number {bound}, got {value!r}")
+    if (value <= low if open_low else value < low) or value > high:
+        raise ValueError(f"ScaPreConfig.{name} must be {bound}, got {value!r}")
+
+
+def _integer(cfg: ScaPreConfig, name: str, low: int, high: int | None = None) -> None:
+    value = getattr(cfg, name)
+    bound = f">= {low}" + ("" if high is None else f" and <= {high}")
+    if not _is_int(value):
+        raise ValueError(f"ScaPreConfig.{name} must be an integer {bound}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"ScaPreConfig.{name} must be {bound}, got {value!r}")
+
+
+def _flag(cfg: ScaPreConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"ScaPreConfig.{name} must be True or False, got {value!r}")
+
+
+def _validate(cfg: ScaPreConfig) -> None:
+    _choice(cfg, "variant", VARIANTS)
+    _choice(cfg, "technique", TECHNIQUES)
+    _choice(cfg, "mi_estimator", MI_ESTIMATORS)
+    _choice(cfg, "precision", PRECISIONS)
+    _real(cfg, "lam", 0.0, open_low=True)
+    _real(cfg, "erase_scale", 0.0)
+    _real(cfg, "preserve_scale", 0.0)
+    _real(cfg, "p", 0.0)
+    _real(cfg, "mi_temperature", 0.0, open_low=True)
+    _real(cfg, "noise_sigma", 0.0)
+    _real(cfg, "mu", 0.0)
+    _real(cfg, "t_sigma", 0.0, open_low=True)
+    _real(cfg, "p_sigma", 0.0)
+    _real(cfg, "alpha_min", 0.0, 1.0)
+    _integer(cfg, "mi_samples", 1)
+    _integer(cfg, "entropy_samples", 1)
+    _integer(cfg, "entropy_bins", 2)
+    _integer(cfg, "bures_iters", 0)
+    _integer(cfg, "seed", 0, 2**64 - 1)
+    for name in ("use_informax", "mu_from_entropy", "ased", "egbr", "svd_residual"):
+        _flag(cfg, name)

@@ -1,0 +1,200 @@
+"""The edit: one path for every key/value projection (SPEC "What is edited").
+
+The text side is prepared once per edit and device; each matrix is then edited on its own, in the
+configured precision, and returned in its own dtype and device. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from .concepts import ConceptSet
+from .config import ScaPreConfig
+from .geometry import bures_step, egbr
+from .informax import InformaxResult, RowStats, row_stats, weight_checksum
+from .solve import TextSide, data_term, prepare_text_side, solve_rows
+from .validation import check_weight
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], Any]
+
+
+def compute_dtype(config: ScaPreConfig) -> torch.dtype:
+    return torch.float64 if config.precision == "float64" else torch.float32
+
+
+@contextlib.contextmanager
+def full_precision_matmul() -> Iterator[None]:
+    """Keep CUDA float32 products in float32 (no TF32) for the duration of the edit."""
+    cuda_matmul = torch.backends.cuda.matmul
+    saved = cuda_matmul.allow_tf32
+    cuda_matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        cuda_matmul.allow_tf32 = saved
+
+
+def check_inputs(weights: Mapping[str, torch.Tensor], concepts: ConceptSet) -> list[str]:
+    """Validate every matrix before any work, so that a bad input costs nothing."""
+    if not isinstance(concepts, ConceptSet):
+        raise ValueError(f"concepts must be a ConceptSet, got {type(concepts).__name__}")
+    if not weights:
+        raise ValueError("no weights to edit: give at least one [out, in] key/value projection")
+    names = list(weights)
+    for name in names:
+        w = weights[name]
+        check_weight(name, w, concepts.dim)
+        probe = w.detach().to(torch.float32) if w.element_size() == 1 else w.detach()
+        if not bool(torch.isfinite(probe).all()):
+            raise ValueError(f"weight {name!r} has non-finite values (NaN or inf); load an intact model")
+    return names
+
+
+class _TextCache:
+    """One :class:`TextSide` per compute device, built on first use."""
+
+    def __init__(self, concepts: ConceptSet, config: ScaPreConfig) -> None:
+        self._concepts, self._config = concepts, config
+        self._by_device: dict[torch.device, TextSide] = {}
+
+    def get(self, device: torch.device) -> TextSide:
+        if device not in self._by_device:
+            self._by_device[device] = prepare_text_side(
+                self._concepts, self._config, device, compute_dtype(self._config)
+            )
+        return self._by_device[device]
+
+
+def _iter_matrices(
+    weights: Mapping[str, torch.Tensor],
+    names: list[str],
+    config: ScaPreConfig,
+    device: torch.device | str | None,
+    progress: Progress | None,
+) -> Iterator[tuple[int, str, torch.Tensor]]:
+    """Yield ``(index, name, w0)`` with ``w0`` a compute-precision copy on the compute device;
+    report progress after each matrix is processed."""
+    dtype = compute_dtype(config)
+    for index, name in enumerate(names):
+        source = weights[name]
+        target = torch.device(device) if device is not None else source.device
+        yield index, name, source.detach().to(device=target, dtype=dtype, copy=True)
+        if progress is not None:
+            progress(index + 1, len(names))
+
+
+def edit_matrix(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
+    """The edited matrix for one original ``w0`` (compute precision), by ``config.variant``."""
+    rows, m = w0.shape[0], text.concept_vecs.shape[0]
+    if config.variant == "uce":
+        row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
+    else:
+        row_weights = stats.weights_or_ones(rows, m, w0)
+    data = data_term(w0, text, row_weights, config.erase_scale, config.technique)
+    if text.preserve_gram is not None:
+        data = data + w0 @ text.preserve_gram
+
+    if config.variant == "scale":
+        spread = None if stats.entropy is None else stats.spread.to(device=w0.device, dtype=w0.dtype)
+        mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
+        lam_prox = config.lam + mu
+        row_max = row_weights.max(dim=1).values
+        solved = solve_rows(lam_prox * w0 + data, text, mu, config.erase_scale * row_max)
+        out = bures_step(w0, solved, mu, lam_prox, config.bures_iters)
+        return egbr(w0, out, spread) if config.egbr else out
+
+    rhs = config.lam * w0 + data
+    if config.variant == "small" and text.residual_ctx is not None:
+        residual = text.residual_ctx
+        rhs = rhs - config.erase_scale * (w0 @ residual) @ residual.T
+    solved = solve_rows(rhs, text, 0.0, None)
+    if config.variant == "uce":
+        return solved
+    entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)
+    keep = config.alpha_min + (1.0 - config.alpha_min) * entropy
+    return keep * solved + (1.0 - keep) * w0
+
+
+def erase(
+    weights: Mapping[str, torch.Tensor],
+    concepts: ConceptSet,
+    config: ScaPreConfig | None = None,
+    informax: InformaxResult | None = None,
+    progress: Progress | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Edit every ``[o, d]`` matrix in ``weights`` independently (SPEC, whole page).
+
+    Returns a new dict with the edited matrices in each input's own dtype and device. ``informax``
+    (from :func:`informax_weights` with a matching config) replaces the row weights and entropy
+    factors computed here, giving the same result. ``progress(done, total)`` is called after each
+    matrix and may raise to cancel. ``device`` sets where the arithmetic runs (default: each
+    matrix's own device).
+    """
+    config = config or ScaPreConfig()
+    names = check_inputs(weights, concepts)
+    with_weights, with_entropy = config.needs_row_weights, config.needs_entropy
+    if informax is not None and (with_weights or with_entropy):
+        informax.check_matches(names, concepts, config)
+    texts = _TextCache(concepts, config)
+    out: dict[str, torch.Tensor] = {}
+    with full_precision_matmul():
+        for _, name, w0 in _iter_matrices(weights, names, config, device, progress):
+            text = texts.get(w0.device)
+            if informax is not None and (with_weights or with_entropy):
+                informax.check_weight(name, weights[name])
+                stats = informax.stats[name]
+            else:
+                stats = row_stats(
+                    name, w0, text.concept_vecs, text.empty_vec, config,
+                    with_weights=with_weights, with_entropy=with_entropy,
+                )
+            edited = edit_matrix(w0, text, stats, config)
+            source = weights[name]
+            out[name] = edited.to(device=source.device, dtype=source.dtype)
+            log.debug("edited %s %s", name, tuple(w0.shape))
+    return out
+
+
+def informax_weights(
+    weights: Mapping[str, torch.Tensor],
+    concepts: ConceptSet,
+    config: ScaPreConfig | None = None,
+    progress: Progress | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> InformaxResult:
+    """Informax row weights ``m_ij`` and entropy factors ``e_i`` of every matrix, on their own
+    (SPEC "Informax row weights", "Entropy factor"); results are kept on the CPU.
+
+    ``erase(..., informax=result)`` with the same config gives exactly what ``erase`` computes
+    itself."""
+    config = config or ScaPreConfig()
+    names = check_inputs(weights, concepts)
+    dtype = compute_dtype(config)
+    stats: dict[str, RowStats] = {}
+    with full_precision_matmul():
+        for _, name, w0 in _iter_matrices(weights, names, config, device, progress):
+            vecs = concepts.concept_vecs.to(device=w0.device, dtype=dtype)
+            empty = concepts.empty_vec.to(device=w0.device, dtype=dtype)
+            result = row_stats(name, w0, vecs, empty, config, with_weights=True, with_entropy=True)
+            stats[name] = RowStats(
+                row_weights=None if result.row_weights is None else result.row_weights.cpu(),
+                entropy=result.entropy.cpu(),
+            )
+    return InformaxResult(
+        stats=stats,
+        settings=config.informax_key(),
+        concept_fingerprint=concepts.fingerprint(),
+        shapes={n: tuple(weights[n].shape) for n in names},
+        checksums={n: weight_checksum(weights[n]) for n in names},
+    )
