@@ -25,6 +25,8 @@ class ConceptSet:
         empty_vec: ``[d]``, ``e``: the empty prompt's embedding at position 1 (its end token).
         contexts: ``m`` tensors ``[t_j, d]``, ``X_j``: erase prompt ``j`` from its last word token on.
         targets: ``m`` tensors ``[t_j, d]``, ``Y_j``: the guide from its last word token, aligned to ``X_j``.
+        guides: the distinct guide sequences from their last word token on; ``Y_j`` is a prefix of
+            ``guides[guide_index[j]]`` (prompts that share a guide share its projection work).
         preserve_contexts: ``Z_k``: each preserve prompt from its last word token on.
         erase_texts / guide_texts / preserve_texts: optional labels for reports (same lengths).
     """
@@ -34,6 +36,8 @@ class ConceptSet:
     contexts: tuple[torch.Tensor, ...]
     targets: tuple[torch.Tensor, ...]
     preserve_contexts: tuple[torch.Tensor, ...] = ()
+    guides: tuple[torch.Tensor, ...] = ()
+    guide_index: tuple[int, ...] = ()
     erase_texts: tuple[str, ...] = ()
     guide_texts: tuple[str, ...] = ()
     preserve_texts: tuple[str, ...] = ()
@@ -99,12 +103,13 @@ class ConceptSet:
         guide_last = [_index(f"guide_last[{j}]", f, guide[j], low=0) for j, f in enumerate(guide_last)]
         preserve_last = [_index(f"preserve_last[{k}]", f, preserve[k], low=0) for k, f in enumerate(preserve_last)]
 
+        guides, guide_index = _distinct_guides(guide, guide_last)
         contexts, targets = [], []
-        for x_full, f_p, y_full, f_g in zip(erase, erase_last, guide, guide_last, strict=True):
-            x, y = x_full[f_p:], y_full[f_g:]
+        for x_full, f_p, u in zip(erase, erase_last, guide_index, strict=True):
+            x, y = x_full[f_p:], guides[u]
             t = min(x.shape[0], y.shape[0])
             contexts.append(x[:t].clone())
-            targets.append(y[:t].clone())
+            targets.append(y[:t])  # a view: prompts sharing a guide share its storage
         concept_vecs = torch.stack([x[f] for x, f in zip(erase, erase_last, strict=True)])
         return cls(
             concept_vecs=concept_vecs,
@@ -112,6 +117,8 @@ class ConceptSet:
             contexts=tuple(contexts),
             targets=tuple(targets),
             preserve_contexts=tuple(z[f:].clone() for z, f in zip(preserve, preserve_last, strict=True)),
+            guides=tuple(guides),
+            guide_index=tuple(guide_index),
             erase_texts=tuple(str(t) for t in erase_texts),
             guide_texts=tuple(str(t) for t in guide_texts),
             preserve_texts=tuple(str(t) for t in preserve_texts),
@@ -128,6 +135,23 @@ class ConceptSet:
             digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def _distinct_guides(guide: list[torch.Tensor], guide_last: list[int]) -> tuple[list[torch.Tensor], list[int]]:
+    """Group equal guide sequences (from their last word on); cheap keys first, then exact equality."""
+    guides: list[torch.Tensor] = []
+    buckets: dict[tuple, list[int]] = {}
+    index = []
+    for g, f in zip(guide, guide_last, strict=True):
+        seq = g[f:]
+        key = (tuple(seq.shape), float(seq[0].sum()), float(seq.sum()))
+        found = next((u for u in buckets.get(key, []) if torch.equal(guides[u], seq)), None)
+        if found is None:
+            found = len(guides)
+            guides.append(seq.clone())
+            buckets.setdefault(key, []).append(found)
+        index.append(found)
+    return guides, index
 
 
 def _same_length(name: str, values: Sequence, ref_name: str, ref: Sequence) -> None:

@@ -76,7 +76,8 @@ class TextSide:
     concept_vecs: torch.Tensor  # [m, d]
     empty_vec: torch.Tensor  # [d]
     contexts: torch.Tensor  # [m, t, d], X_j zero-padded
-    targets: torch.Tensor  # [m, t, d], Y_j zero-padded
+    guides: torch.Tensor  # [u, t, d], the distinct guide sequences, zero-padded; Y_j is a prefix
+    guide_index: torch.Tensor  # [m], which guide each erase prompt maps to
     preserve_gram: torch.Tensor | None  # [d, d], q sum_k Z_k^T Z_k
     basis: torch.Tensor  # [d, d]
     eigvals: torch.Tensor  # [d]
@@ -118,7 +119,8 @@ def prepare_text_side(
         concept_vecs=cast(concepts.concept_vecs),
         empty_vec=cast(concepts.empty_vec),
         contexts=pad_sequences(concepts.contexts, dtype, device),
-        targets=pad_sequences(concepts.targets, dtype, device),
+        guides=pad_sequences(concepts.guides, dtype, device),
+        guide_index=torch.tensor(concepts.guide_index, dtype=torch.long, device=device),
         preserve_gram=cast(preserve_gram),
         basis=cast(basis),
         eigvals=cast(eigvals),
@@ -135,10 +137,17 @@ def data_term(
     """``V = s sum_j m_j (.) (T_j X_j)`` with targets ``T_j = W0 Y_j^T`` (``[o, d]``).
 
     ``technique="tensor"`` first removes from ``T_j`` its component along the normalised source
-    projection ``W0 X_j^T`` (Frobenius inner product, per concept)."""
+    projection ``W0 X_j^T`` (Frobenius inner product, per concept).
+
+    Each distinct guide is projected once; ``Y_j`` is a prefix of its guide, and the columns of
+    ``T_j`` past ``t_j`` meet the zero padding of ``X_j``, so they add nothing."""
     o, (m, t, d) = w0.shape[0], text.contexts.shape
     x = text.contexts.reshape(m * t, d)
-    target = (w0 @ text.targets.reshape(m * t, d).T).reshape(o, m, t)
+    u, t_guide = text.guides.shape[:2]
+    if t_guide < t:
+        raise AssertionError("guide sequences are never shorter than the contexts they align with")
+    guide_proj = (w0 @ text.guides[:, :t].reshape(u * t, d).T).reshape(o, u, t)
+    target = guide_proj[:, text.guide_index, :]
     if technique == "tensor":
         source = (w0 @ x.T).reshape(o, m, t)
         norm2 = (source * source).sum(dim=(0, 2))

@@ -146,3 +146,21 @@ def test_float32_tracks_float64():
         st = RowStats(stats.row_weights.to(dtype), stats.entropy.to(dtype))
         out[precision] = edit_matrix(w0.to(dtype), text, st, cfg).to(F64)
     assert _rel(out["float32"], out["float64"]) < 1e-4
+
+
+@pytest.mark.parametrize("technique", ["replace", "tensor"])
+def test_shared_guides_are_projected_once_and_match_naive(technique):
+    """One guide for every prompt (the common case): grouped, and the edit is unchanged."""
+    _, raw = random_concepts(5, dim=16, length=9, seed=21, dtype=F64)
+    raw["guide"] = [raw["guide"][0]] * 3 + [raw["guide"][0].clone(), raw["guide"][1]]
+    raw["guide_last"] = [0, 0, 0, 0, 2]
+    from scapre_core import ConceptSet
+
+    concepts = ConceptSet.from_embeddings(**raw)
+    assert len(concepts.guides) == 2 and concepts.guide_index == (0, 0, 0, 0, 1)
+    cfg = ScaPreConfig(precision="float64", technique=technique)
+    w0 = random_weights({"w": (11, 16)}, seed=3, dtype=F64)["w"]
+    stats = _stats(11, 5, seed=8)
+    ours = edit_matrix(w0, prepare_text_side(concepts, cfg, torch.device("cpu"), F64), stats, cfg)
+    cs, xs, ys, zs = _naive_inputs(raw)
+    assert _rel(ours, naive.scale_edit(w0, cs, xs, ys, zs, stats.row_weights, stats.entropy, cfg)) < 1e-8

@@ -1,0 +1,183 @@
+"""Speed, memory and exactness of the whole ScaPre edit on SD-shaped random data.
+
+Prints one JSON line per case::
+
+    case, device, matrices, concepts, d, seconds, naive_seconds, speedup,
+    rel_diff_vs_naive, rel_err_vs_float64, weights_mb, peak_rss_mb, peak_above_weights_mb
+
+``seconds`` is the whole ``scapre_core.erase`` call (text statistics, Informax weights, entropy,
+data term, solve, Bures) with the default scale-variant config. ``naive_seconds`` is only the
+solve done the reference way, one Cholesky factorization per output row, timed on a few rows of
+each matrix shape and extrapolated to every row of every matrix; ``speedup`` divides it by the
+whole edit's time, so it understates the gain. ``rel_diff_vs_naive`` compares our rows with that
+per-row solve (same precision) and ``rel_err_vs_float64`` with a float64 per-row solve.
+
+Each case runs in a fresh subprocess so that peak memory is its own. Usage::
+
+    python benchmarks/bench_solve.py                  # all CPU cases
+    python benchmarks/bench_solve.py --cases sd15 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scapre_core import ConceptSet, ScaPreConfig, erase  # noqa: E402
+from scapre_core.erase import edit_matrix  # noqa: E402, F401
+from scapre_core.informax import row_stats  # noqa: E402
+from scapre_core.solve import data_term, prepare_text_side, solve_rows  # noqa: E402
+
+TOKENS = 77
+
+
+def sd15_shapes() -> dict[str, tuple[int, int]]:
+    """SD1.5's 16 cross-attention blocks, keys and values (32 matrices, d = 768)."""
+    blocks = [("input_blocks.1", 320), ("input_blocks.2", 320), ("input_blocks.4", 640), ("input_blocks.5", 640),
+              ("input_blocks.7", 1280), ("input_blocks.8", 1280), ("middle_block", 1280)]
+    blocks += [(f"output_blocks.{i}", o) for i, o in
+               zip(range(3, 12), (1280, 1280, 1280, 640, 640, 640, 320, 320, 320), strict=True)]
+    return {f"{b}.1.transformer_blocks.0.attn2.to_{kv}.weight": (o, 768) for b, o in blocks for kv in "kv"}
+
+
+def sdxl_shapes() -> dict[str, tuple[int, int]]:
+    """SDXL's 70 cross-attention blocks (140 matrices, d = 2048)."""
+    groups = [("input_blocks.4", 2, 640), ("input_blocks.5", 2, 640), ("input_blocks.7", 10, 1280),
+              ("input_blocks.8", 10, 1280), ("middle_block", 10, 1280)]
+    groups += [(f"output_blocks.{i}", 10, 1280) for i in (0, 1, 2)]
+    groups += [(f"output_blocks.{i}", 2, 640) for i in (3, 4, 5)]
+    return {f"{b}.1.transformer_blocks.{t}.attn2.to_{kv}.weight": (o, 2048)
+            for b, n, o in groups for t in range(n) for kv in "kv"}
+
+
+CASES = {
+    "sd15_50": (sd15_shapes, 50),
+    "sdxl_50": (sdxl_shapes, 50),
+    "sdxl_1000": (sdxl_shapes, 1000),
+}
+
+
+def synthetic_concepts(m: int, d: int, seed: int = 0) -> ConceptSet:
+    """``m`` erase prompts of 77 tokens (last word at 1..4), empty guides; unit-variance
+    entries give token norms near CLIP's (~sqrt(d))."""
+    g = torch.Generator().manual_seed(seed)
+    erase_seqs = [torch.randn(TOKENS, d, generator=g) for _ in range(m)]
+    empty = torch.randn(TOKENS, d, generator=g)
+    last = [int(v) for v in torch.randint(1, 5, (m,), generator=g)]
+    return ConceptSet.from_embeddings(erase_seqs, last, [empty] * m, [0] * m, empty)
+
+
+def synthetic_weights(shapes: dict[str, tuple[int, int]], device: str, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.randn(*s, generator=g) / s[1] ** 0.5).half().to(device) for k, s in shapes.items()}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def naive_rows(w0, text, stats, cfg, concepts, rows: int, dtype):
+    """The reference solve for the first ``rows`` rows: one Cholesky per row. Returns
+    (seconds per row, solved rows, our rows)."""
+    dev = w0.device
+    lin = torch.float64
+    d = w0.shape[1]
+    c = concepts.concept_vecs.to(dev, lin).T
+    s_mat = cfg.erase_scale * sum(x.to(dev, lin).T @ x.to(dev, lin) for x in concepts.contexts)
+    mu = float(stats.spread.mean())
+    g = ((cfg.lam + mu) * torch.eye(d, dtype=lin, device=dev) + c @ c.T + s_mat)
+    proj = c @ torch.linalg.inv(c.T @ c + 1e-8 * torch.eye(c.shape[1], dtype=lin, device=dev)) @ c.T
+    row_w = stats.weights_or_ones(w0.shape[0], c.shape[1], w0)
+    v = data_term(w0, text, row_w, cfg.erase_scale, cfg.technique)
+    rhs = (cfg.lam + mu) * w0 + v
+    alpha = cfg.erase_scale * row_w.max(dim=1).values
+    ours = solve_rows(rhs, text, mu, alpha)[:rows]
+    g_d, proj_d, rhs_d = g.to(dtype), proj.to(dtype), rhs.to(dtype)
+    out = torch.empty(rows, d, dtype=dtype, device=dev)
+    out64 = torch.empty(rows, d, dtype=lin, device=dev)
+    _sync(str(dev))
+    start = time.perf_counter()
+    for i in range(rows):
+        chol = torch.linalg.cholesky(g_d + float(alpha[i]) * proj_d)
+        out[i] = torch.cholesky_solve(rhs_d[i].unsqueeze(1), chol).squeeze(1)
+    _sync(str(dev))
+    per_row = (time.perf_counter() - start) / rows
+    for i in range(rows):
+        out64[i] = torch.linalg.solve(g + float(alpha[i]) * proj, rhs[i].to(lin))
+    return per_row, out, out64, ours
+
+
+def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
+    shapes_fn, m = CASES[name]
+    shapes = shapes_fn()
+    d = next(iter(shapes.values()))[1]
+    concepts = synthetic_concepts(m, d)
+    weights = synthetic_weights(shapes, device)
+    weights_mb = sum(w.numel() * w.element_size() for w in weights.values()) / 2**20
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    cfg = ScaPreConfig()
+    _sync(device)
+    start = time.perf_counter()
+    out = erase(weights, concepts, cfg, device=device)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    assert len(out) == len(shapes)
+
+    # naive per-row solve on a few rows of one matrix per distinct shape
+    dtype = torch.float32
+    text = prepare_text_side(concepts, cfg, torch.device(device), dtype)
+    per_row_by_shape, diffs, errs = {}, [], []
+    for key, shape in shapes.items():
+        if shape in per_row_by_shape:
+            continue
+        w0 = weights[key].to(dtype)
+        stats = row_stats(key, w0, text.concept_vecs, text.empty_vec, cfg, with_weights=True, with_entropy=True)
+        per_row, naive32, naive64, ours = naive_rows(w0, text, stats, cfg, concepts, naive_rows_per_shape, dtype)
+        per_row_by_shape[shape] = per_row
+        diffs.append(float((ours - naive32).norm() / naive32.norm()))
+        errs.append(float((ours.double() - naive64).norm() / naive64.norm()))
+    naive_seconds = sum(per_row_by_shape[s] * s[0] for s in shapes.values())
+    return {
+        "case": name, "device": device, "matrices": len(shapes), "concepts": m, "d": d,
+        "seconds": round(seconds, 3), "naive_seconds": round(naive_seconds, 1),
+        "speedup": round(naive_seconds / seconds, 1),
+        "rel_diff_vs_naive": max(diffs), "rel_err_vs_float64": max(errs),
+        "weights_mb": round(weights_mb, 1),
+        "peak_rss_mb" if not device.startswith("cuda") else "peak_cuda_mb": round(peak, 1),
+        "peak_above_weights_mb": round(peak - (rss_before if not device.startswith("cuda") else weights_mb), 1),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--naive-rows", type=int, default=4, help="rows per shape timed with the per-row solve")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.one, args.device, args.naive_rows)), flush=True)
+        return
+    for case in args.cases:
+        cmd = [sys.executable, __file__, "--one", case, "--device", args.device, "--naive-rows", str(args.naive_rows)]
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
