@@ -6,7 +6,7 @@ See ``SPEC`` sections cited in each module. Public API: :class:`ScaPreConfig`,
 
 from .concepts import ConceptSet
 from .config import FIELD_HELP, INFORMAX_FIELDS, ScaPreConfig
-from .erase import edit_matrix, erase, informax_weights
+from .erase import edit_matrix, erase, erase_iter, informax_weights
 from .informax import InformaxResult, RowStats
 
 __version__ = "0.1.0"
@@ -21,5 +21,6 @@ __all__ = [
     "__version__",
     "edit_matrix",
     "erase",
+    "erase_iter",
     "informax_weights",
 ]

@@ -123,6 +123,42 @@ def edit_matrix(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
     return keep * solved + (1.0 - keep) * w0
 
 
+def erase_iter(
+    weights: Mapping[str, torch.Tensor],
+    concepts: ConceptSet,
+    config: ScaPreConfig | None = None,
+    informax: InformaxResult | None = None,
+    progress: Progress | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Like :func:`erase`, but yields ``(name, edited)`` one matrix at a time, so that a caller
+    can store or measure each result before the next is computed. All inputs are validated before
+    the first matrix is edited."""
+    config = config or ScaPreConfig()
+    names = check_inputs(weights, concepts)
+    with_weights, with_entropy = config.needs_row_weights, config.needs_entropy
+    use_given = informax is not None and (with_weights or with_entropy)
+    if use_given:
+        informax.check_matches(names, concepts, config)
+    texts = _TextCache(concepts, config)
+    with full_precision_matmul():
+        for _, name, w0 in _iter_matrices(weights, names, config, device, progress):
+            source = weights[name]
+            text = texts.get(w0.device)
+            if use_given:
+                informax.check_weight(name, source)
+                stats = informax.stats[name]
+            else:
+                stats = row_stats(
+                    name, w0, text.concept_vecs, text.empty_vec, config,
+                    with_weights=with_weights, with_entropy=with_entropy,
+                )
+            edited = edit_matrix(w0, text, stats, config)
+            log.debug("edited %s %s", name, tuple(w0.shape))
+            yield name, edited.to(device=source.device, dtype=source.dtype)
+
+
 def erase(
     weights: Mapping[str, torch.Tensor],
     concepts: ConceptSet,
@@ -140,29 +176,7 @@ def erase(
     matrix and may raise to cancel. ``device`` sets where the arithmetic runs (default: each
     matrix's own device).
     """
-    config = config or ScaPreConfig()
-    names = check_inputs(weights, concepts)
-    with_weights, with_entropy = config.needs_row_weights, config.needs_entropy
-    if informax is not None and (with_weights or with_entropy):
-        informax.check_matches(names, concepts, config)
-    texts = _TextCache(concepts, config)
-    out: dict[str, torch.Tensor] = {}
-    with full_precision_matmul():
-        for _, name, w0 in _iter_matrices(weights, names, config, device, progress):
-            text = texts.get(w0.device)
-            if informax is not None and (with_weights or with_entropy):
-                informax.check_weight(name, weights[name])
-                stats = informax.stats[name]
-            else:
-                stats = row_stats(
-                    name, w0, text.concept_vecs, text.empty_vec, config,
-                    with_weights=with_weights, with_entropy=with_entropy,
-                )
-            edited = edit_matrix(w0, text, stats, config)
-            source = weights[name]
-            out[name] = edited.to(device=source.device, dtype=source.dtype)
-            log.debug("edited %s %s", name, tuple(w0.shape))
-    return out
+    return dict(erase_iter(weights, concepts, config, informax, progress, device=device))
 
 
 def informax_weights(

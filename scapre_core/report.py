@@ -1,0 +1,254 @@
+"""The edit report: per matrix and per prompt, what moved and what else moved with it.
+
+Measures (see :mod:`scapre_core.metrics`): *efficacy*, the share of the gap to the guide's
+projection that the edit closed (0 to 1), and *drift*, the relative change of a prompt's
+projections. Both are computed for every erased prompt, probe and preserve prompt, per matrix and
+pooled over the whole edit, from the same token contexts the solve reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .concepts import ConceptSet
+from .metrics import Gap, relative_change
+from .solve import pad_sequences
+
+GROUPS = ("erase", "probe", "preserve")
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """One prompt's measures: pooled over matrices, and per matrix (in ``EditReport.matrices`` order)."""
+
+    text: str
+    group: str  # "erase", "probe" or "preserve"
+    efficacy: float
+    drift: float
+    efficacy_per_matrix: tuple[float, ...]
+    drift_per_matrix: tuple[float, ...]
+    concept: str = ""  # for erase prompts: the concept the prompt belongs to
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    name: str
+    shape: tuple[int, int]
+    rel_change: float
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """Everything a user needs to judge an edit before sampling; JSON-serialisable."""
+
+    matrices: tuple[MatrixResult, ...]
+    prompts: tuple[PromptResult, ...]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)  # texts, guide, edit mode, version, timing...
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+    def __deepcopy__(self, memo: dict) -> EditReport:  # immutable: ComfyUI may deep-copy model options
+        return self
+
+    def group(self, name: str) -> tuple[PromptResult, ...]:
+        return tuple(p for p in self.prompts if p.group == name)
+
+    def worst_efficacy(self) -> PromptResult | None:
+        erased = self.group("erase")
+        return min(erased, key=lambda p: p.efficacy) if erased else None
+
+    def worst_drift(self) -> PromptResult | None:
+        watched = self.group("probe") + self.group("preserve")
+        return max(watched, key=lambda p: p.drift) if watched else None
+
+    def summary(self) -> dict[str, Any]:
+        """The compact figures the graph shows on the erase node."""
+        we, wd = self.worst_efficacy(), self.worst_drift()
+        concepts = {p.concept or p.text for p in self.group("erase")}
+        return {
+            "concepts": len(concepts),
+            "prompts": len(self.group("erase")),
+            "matrices": len(self.matrices),
+            "seconds": round(self.seconds, 2),
+            "mean_efficacy": _mean([p.efficacy for p in self.group("erase")]),
+            "worst_efficacy": None if we is None else {"text": we.text, "value": we.efficacy},
+            "worst_drift": None if wd is None else {"text": wd.text, "group": wd.group, "value": wd.drift},
+            "mean_change": _mean([m.rel_change for m in self.matrices]),
+            "warnings": list(self.warnings),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "scapre-report/1", **asdict(self)}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EditReport:
+        return cls(
+            matrices=tuple(MatrixResult(m["name"], tuple(m["shape"]), m["rel_change"]) for m in data["matrices"]),
+            prompts=tuple(PromptResult(**{**p, "efficacy_per_matrix": tuple(p["efficacy_per_matrix"]),
+                                          "drift_per_matrix": tuple(p["drift_per_matrix"])})
+                          for p in data["prompts"]),
+            config=dict(data.get("config", {})), info=dict(data.get("info", {})),
+            seconds=float(data.get("seconds", 0.0)), warnings=tuple(data.get("warnings", ())),
+        )
+
+    def to_markdown(self, max_rows: int = 60) -> str:
+        """A readable table: summary, then prompts by group (worst first), then matrices."""
+        s = self.summary()
+        lines = [
+            f"## ScaPre edit: {s['concepts']} concept(s), {s['prompts']} prompt(s), {s['matrices']} matrices, "
+            f"{s['seconds']} s",
+            "",
+            f"- mean efficacy of erased prompts: {_fmt(s['mean_efficacy'])}",
+        ]
+        if s["worst_efficacy"]:
+            lines.append(f"- weakest erasure: **{s['worst_efficacy']['text']}** "
+                         f"({_fmt(s['worst_efficacy']['value'])})")
+        if s["worst_drift"]:
+            lines.append(f"- largest collateral drift: **{s['worst_drift']['text']}** "
+                         f"({s['worst_drift']['group']}, {_fmt(s['worst_drift']['value'])})")
+        lines.append(f"- mean relative weight change: {_fmt(s['mean_change'])}")
+        lines += [f"- warning: {w}" for w in self.warnings]
+        for group, title, key in (("erase", "Erased prompts (lowest efficacy first)", "efficacy"),
+                                  ("probe", "Probes (highest drift first)", "drift"),
+                                  ("preserve", "Preserved prompts (highest drift first)", "drift")):
+            rows = sorted(self.group(group), key=lambda p: getattr(p, key), reverse=(key == "drift"))
+            if not rows:
+                continue
+            lines += ["", f"### {title}", "", "| prompt | efficacy | drift |", "|---|---:|---:|"]
+            for p in rows[:max_rows]:
+                lines.append(f"| {_cell(p.text)} | {_fmt(p.efficacy)} | {_fmt(p.drift)} |")
+            if len(rows) > max_rows:
+                lines.append(f"| ... {len(rows) - max_rows} more | | |")
+        lines += ["", "### Matrices", "", "| matrix | shape | relative change |", "|---|---|---:|"]
+        for m in self.matrices[:max_rows]:
+            lines.append(f"| {_cell(short_name(m.name))} | {m.shape[0]}x{m.shape[1]} | {_fmt(m.rel_change)} |")
+        if len(self.matrices) > max_rows:
+            lines.append(f"| ... {len(self.matrices) - max_rows} more | | |")
+        return "\n".join(lines) + "\n"
+
+
+def short_name(key: str) -> str:
+    """``diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight`` -> ``in4.t0.k``."""
+    parts = key.removeprefix("diffusion_model.").removesuffix(".weight").split(".")
+    out = []
+    for i, part in enumerate(parts):
+        nxt = parts[i + 1] if i + 1 < len(parts) else ""
+        if part == "input_blocks":
+            out.append(f"in{nxt}")
+        elif part == "output_blocks":
+            out.append(f"out{nxt}")
+        elif part == "middle_block":
+            out.append("mid")
+        elif part == "transformer_blocks":
+            out.append(f"t{nxt}")
+        elif part in ("to_k", "to_v"):
+            out.append(part[-1])
+    return ".".join(out) if out else key
+
+
+class ReportBuilder:
+    """Accumulates efficacy and drift per matrix while an edit runs (one matrix at a time)."""
+
+    def __init__(self, groups: Mapping[str, ConceptSet | None], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self._device, self._dtype = torch.device(device), dtype
+        self._groups: dict[str, dict[str, Any]] = {}
+        for name, cs in groups.items():
+            if name not in GROUPS:
+                raise ValueError(f"unknown report group {name!r}; use one of {GROUPS}")
+            if cs is None or cs.num_concepts == 0:
+                continue
+            contexts = pad_sequences(cs.contexts, dtype, self._device)
+            lengths = torch.tensor([c.shape[0] for c in cs.contexts], device=self._device)
+            mask = (torch.arange(contexts.shape[1], device=self._device).unsqueeze(0) < lengths.unsqueeze(1))
+            self._groups[name] = {
+                "set": cs, "contexts": contexts, "mask": mask.to(dtype),
+                "guides": pad_sequences(cs.guides, dtype, self._device),
+                "guide_index": torch.tensor(cs.guide_index, dtype=torch.long, device=self._device),
+                "efficacy": [[] for _ in range(cs.num_concepts)],
+                "drift": [[] for _ in range(cs.num_concepts)],
+            }
+        self._matrices: list[MatrixResult] = []
+
+    def add(self, name: str, w0: torch.Tensor, w: torch.Tensor) -> None:
+        """Measure one edited matrix ``w0 -> w``."""
+        w0 = w0.to(device=self._device, dtype=self._dtype)
+        w = w.to(device=self._device, dtype=self._dtype)
+        self._matrices.append(MatrixResult(name, tuple(w0.shape), relative_change(w0, w)))
+        delta = w - w0
+        for g in self._groups.values():
+            n, t, d = g["contexts"].shape
+            x = g["contexts"].reshape(n * t, d).T
+            before = (w0 @ x).reshape(-1, n, t)
+            moved = (delta @ x).reshape(-1, n, t)
+            guide = (w0 @ g["guides"][:, :t].reshape(-1, d).T).reshape(w0.shape[0], -1, t)[:, g["guide_index"], :]
+            gap = (before - guide) * g["mask"]
+            sums = torch.stack([
+                (gap + moved).pow(2).sum(dim=(0, 2)),  # ||W X^T - W0 Y^T||^2
+                gap.pow(2).sum(dim=(0, 2)),  # ||W0 X^T - W0 Y^T||^2
+                moved.pow(2).sum(dim=(0, 2)),  # ||(W - W0) X^T||^2
+                before.pow(2).sum(dim=(0, 2)),  # ||W0 X^T||^2
+            ]).double().cpu()
+            for j in range(n):
+                g["efficacy"][j].append(Gap(float(sums[0, j]), float(sums[1, j])))
+                g["drift"][j].append(Gap(float(sums[2, j]), float(sums[3, j])))
+
+    def build(self, *, config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
+              seconds: float = 0.0, warnings: tuple[str, ...] = (),
+              concept_of: Mapping[str, str] | None = None) -> EditReport:
+        prompts = []
+        for group, g in self._groups.items():
+            cs: ConceptSet = g["set"]
+            texts = cs.erase_texts or tuple(f"{group} {j + 1}" for j in range(cs.num_concepts))
+            for j, text in enumerate(texts):
+                eff, dr = g["efficacy"][j], g["drift"][j]
+                prompts.append(PromptResult(
+                    text=text, group=group,
+                    efficacy=_pool(eff).efficacy, drift=_pool(dr).drift,
+                    efficacy_per_matrix=tuple(x.efficacy for x in eff),
+                    drift_per_matrix=tuple(x.drift for x in dr),
+                    concept=(concept_of or {}).get(text, "") if group == "erase" else "",
+                ))
+        return EditReport(matrices=tuple(self._matrices), prompts=tuple(prompts), config=dict(config or {}),
+                          info=dict(info or {}), seconds=seconds, warnings=tuple(warnings))
+
+
+def _pool(gaps: list[Gap]) -> Gap:
+    total = Gap(0.0, 0.0)
+    for gap in gaps:
+        total = total + gap
+    return total
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.3f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
