@@ -14,7 +14,8 @@ def test_split_items_lines_and_commas():
 
 
 def test_dedupe_ignores_case_and_spacing():
-    assert dedupe(["Cat", "cat ", "Van  Gogh", "van gogh", "dog"]) == (["Cat", "Van  Gogh", "dog"], ["cat ", "van gogh"])
+    kept, dropped = dedupe(["Cat", "cat ", "Van  Gogh", "van gogh", "dog"])
+    assert kept == ["Cat", "Van  Gogh", "dog"] and dropped == ["cat ", "van gogh"]
 
 
 def test_templates_published_lists():
