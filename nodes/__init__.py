@@ -1,0 +1,28 @@
+"""ComfyUI nodes of the pack (V3 schema). Only this package imports ComfyUI."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .encode import ScaPreConceptEncode
+from .erase import ScaPreErase, ScaPreInformax
+from .report import ScaPreReport
+from .save import ScaPreSaveCheckpoint, ScaPreSaveLoRA
+
+NODES: list[type[io.ComfyNode]] = [
+    ScaPreConceptEncode,
+    ScaPreInformax,
+    ScaPreErase,
+    ScaPreReport,
+    ScaPreSaveLoRA,
+    ScaPreSaveCheckpoint,
+]
+
+
+class ScaPreExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> ScaPreExtension:
+    return ScaPreExtension()

@@ -1,0 +1,122 @@
+"""ScaPreSaveLoRA and ScaPreSaveCheckpoint: share an edit, with its provenance and report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..scapre_core import __version__
+from ..scapre_core.lora import lora_state_dict, pooled_error
+from ..scapre_core.payloads import provenance_metadata, report_bundle, total_diffs
+from .common import CATEGORY, edit_records, log
+
+
+def _records(model):
+    records = edit_records(model)
+    if not records:
+        raise ValueError("this MODEL carries no ScaPre edit: connect the MODEL output of a ScaPre Erase node")
+    return records
+
+
+def _next_path(filename_prefix: str, subfolder: str) -> tuple[str, str]:
+    """``(path_without_extension, shown_name)`` of the next free ``<prefix>_NNNNN_`` under
+    ``output/<subfolder>/``; ComfyUI refuses prefixes that leave its output folder."""
+    prefix = (filename_prefix or "").strip().replace("\\", "/")
+    if not prefix:
+        raise ValueError("filename_prefix is empty: give a name such as 'scapre_no_cats'")
+    if not prefix.startswith(subfolder + "/"):
+        prefix = f"{subfolder}/{prefix}"
+    output_dir = folder_paths.get_output_directory()
+    try:
+        folder, filename, counter, _, _ = folder_paths.get_save_image_path(prefix, output_dir)
+    except Exception as err:
+        raise ValueError(f"cannot save under {filename_prefix!r}: {err}") from None
+    base = os.path.join(folder, f"{filename}_{counter:05}_")
+    return base, os.path.relpath(base, output_dir)
+
+
+class ScaPreSaveLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ScaPreSaveLoRA",
+            display_name="ScaPre Save LoRA",
+            category=CATEGORY,
+            description="Save the ScaPre edit(s) carried by an edited MODEL as a LoRA in output/loras, loadable "
+                        "with LoraLoader on the original model. A JSON report is saved next to it.",
+            inputs=[
+                io.Model.Input("model", tooltip="An edited MODEL from ScaPre Erase (several edits are summed)."),
+                io.String.Input("filename_prefix", default="loras/scapre",
+                                tooltip="File name under output/loras/ (a counter is appended)."),
+                io.Int.Input("rank", default=0, min=0, max=4096,
+                             tooltip="0: exact (full-rank difference keys, float32, larger file). r > 0: rank-r "
+                                     "up/down factors in float16; the truncation error is reported."),
+            ],
+            outputs=[io.String.Output("lora_path", display_name="path", tooltip="The saved file, relative to the "
+                                      "output folder.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, filename_prefix, rank) -> io.NodeOutput:
+        records = _records(model)
+        diffs = total_diffs(records)
+        tensors, errors = lora_state_dict(diffs, rank)
+        error = pooled_error(diffs, errors)
+        base, shown = _next_path(filename_prefix, "loras")
+        metadata = provenance_metadata(records, __version__)
+        metadata.update({"scapre.rank": str(rank), "scapre.rel_error": f"{error:.6g}"})
+        comfy.utils.save_torch_file(tensors, base + ".safetensors", metadata=metadata)
+        with open(base + ".scapre.json", "w", encoding="utf-8") as fh:
+            fh.write(report_bundle(records, __version__, os.path.basename(base) + ".safetensors"))
+        mode = "exact" if rank == 0 else f"rank {rank}, relative error {error:.3g}"
+        message = f"saved {shown}.safetensors ({len(diffs)} matrices, {mode})"
+        log.info("ScaPreSaveLoRA: %s", message)
+        return io.NodeOutput(shown + ".safetensors", ui={"text": [message]})
+
+
+class ScaPreSaveCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ScaPreSaveCheckpoint",
+            display_name="ScaPre Save Checkpoint",
+            category=CATEGORY,
+            description="Save the edited model, its CLIP and VAE as one checkpoint through ComfyUI's own saver "
+                        "(like Save Checkpoint), recording what was erased in the file's metadata and a JSON "
+                        "report next to it.",
+            inputs=[
+                io.Model.Input("model", tooltip="An edited MODEL from ScaPre Erase."),
+                io.Clip.Input("clip", tooltip="The CLIP to store in the checkpoint."),
+                io.Vae.Input("vae", tooltip="The VAE to store in the checkpoint."),
+                io.String.Input("filename_prefix", default="checkpoints/scapre",
+                                tooltip="File name under output/checkpoints/ (a counter is appended)."),
+            ],
+            outputs=[],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, filename_prefix) -> io.NodeOutput:
+        from comfy_extras.nodes_model_merging import save_checkpoint
+
+        records = _records(model)
+        base, shown = _next_path(filename_prefix, "checkpoints")
+        output_dir = folder_paths.get_output_directory()
+        prefix = os.path.relpath(base, output_dir).replace(os.sep, "/")[: -len("_00000_")]
+        provenance = {"pack": "comfyui-scapre", "version": __version__,
+                      "edits": [r.provenance() for r in records]}
+        extra = dict(cls.hidden.extra_pnginfo or {})
+        extra["scapre"] = json.loads(json.dumps(provenance, default=str))
+        save_checkpoint(model, clip=clip, vae=vae, filename_prefix=prefix, output_dir=output_dir,
+                        prompt=cls.hidden.prompt, extra_pnginfo=extra)
+        with open(base + ".scapre.json", "w", encoding="utf-8") as fh:
+            fh.write(report_bundle(records, __version__, os.path.basename(base) + ".safetensors"))
+        message = f"saved {shown}.safetensors"
+        log.info("ScaPreSaveCheckpoint: %s", message)
+        return io.NodeOutput(ui={"text": [message]})
