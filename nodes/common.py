@@ -50,8 +50,10 @@ def config_input(name: str) -> io.Input:
         return io.Float.Input(name, default=default, min=low, max=high, step=step, tooltip=tip)
     if name in _INT:
         low, high = _INT[name]
-        # No control_after_generate on seeds: an edit should stay reproducible unless the user changes it.
-        return io.Int.Input(name, default=default, min=low, max=high, tooltip=tip)
+        # The frontend adds a "control after generate: randomize" widget to any INT named seed unless told
+        # not to; an edit should stay reproducible until the user changes the seed.
+        extra = {"control_after_generate": False} if name == "seed" else {}
+        return io.Int.Input(name, default=default, min=low, max=high, tooltip=tip, **extra)
     return io.Boolean.Input(name, default=default, tooltip=tip)
 
 

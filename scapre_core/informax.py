@@ -94,7 +94,7 @@ def sampled_mutual_information(
     pos = _noisy_copies(concept_vecs, num_samples, sigma, generator)  # [m, K, d]
     neg = _noisy_copies(empty_vec.expand(m, -1), num_samples, sigma, generator)
     samples = torch.cat([pos, neg], dim=1)  # [m, 2K, d]
-    acts = torch.einsum("od,msd->oms", w0, samples)  # [o, m, 2K]
+    acts = (w0 @ samples.reshape(-1, samples.shape[-1]).T).reshape(w0.shape[0], m, 2 * num_samples)
     tau = acts.median(dim=-1, keepdim=True).values  # lower median, as torch.median
     above = acts > tau
     n11 = above[..., :num_samples].sum(-1)  # positives above the median

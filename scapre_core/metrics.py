@@ -2,14 +2,17 @@
 
 For a matrix ``W0 -> W`` and a prompt's context tokens ``X`` (``[t, d]``):
 
-* efficacy of an erased prompt with guide targets ``Y``: the share of the gap to the guide that the
-  edit closed, ``1 - ||W X^T - W0 Y^T|| / ||W0 X^T - W0 Y^T||``, clipped to [0, 1]
-  (0: nothing moved; 1: the erased prompt now projects exactly like its guide);
+* efficacy of an erased prompt with guide targets ``Y``: how far its projections moved onto the
+  guide's, measured along the way from where they were to where the guide's are,
+  ``<(W - W0) X^T, W0 (Y - X)^T> / ||W0 (Y - X)^T||^2`` clipped to [0, 1] (0: nothing moved towards the
+  guide; 1: it got all the way). Movement sideways does not count; it shows in the prompt's drift.
+  (ScaPre's Informax weights scale the guide targets of a row by ``m_ij``, so on rows with small
+  weights the erased contexts go towards zero rather than onto the guide: partly along the way.)
 * drift of any other prompt ``Z``: the relative change of its projections
   ``||(W - W0) Z^T|| / ||W0 Z^T||`` (0: untouched).
 
-Aggregates over matrices pool the squared norms (one number for the whole edit), so large
-matrices weigh as their share of the projections.
+Aggregates over matrices pool the sums (one number for the whole edit), so large matrices weigh as
+their share of the projections.
 """
 
 from __future__ import annotations
@@ -21,25 +24,28 @@ import torch
 
 @dataclass(frozen=True)
 class Gap:
-    """Squared norms behind one efficacy or drift figure; they add over matrices."""
+    """The two sums behind one figure; they add over matrices.
 
-    residual: float  # ||W X^T - W0 Y^T||^2 (efficacy) or ||(W - W0) Z^T||^2 (drift)
-    reference: float  # ||W0 X^T - W0 Y^T||^2 (efficacy) or ||W0 Z^T||^2 (drift)
+    For efficacy ``num = <(W - W0) X^T, W0 (Y - X)^T>`` and ``den = ||W0 (Y - X)^T||^2``; for drift
+    ``num = ||(W - W0) Z^T||^2`` and ``den = ||W0 Z^T||^2``."""
+
+    num: float
+    den: float
 
     def __add__(self, other: Gap) -> Gap:
-        return Gap(self.residual + other.residual, self.reference + other.reference)
+        return Gap(self.num + other.num, self.den + other.den)
 
     @property
     def efficacy(self) -> float:
-        if self.reference <= 0.0:
-            return 1.0 if self.residual <= 0.0 else 0.0
-        return float(min(1.0, max(0.0, 1.0 - (self.residual / self.reference) ** 0.5)))
+        if self.den <= 0.0:  # the prompt already projects like its guide
+            return 1.0
+        return float(min(1.0, max(0.0, self.num / self.den)))
 
     @property
     def drift(self) -> float:
-        if self.reference <= 0.0:
-            return 0.0 if self.residual <= 0.0 else float("inf")
-        return float((self.residual / self.reference) ** 0.5)
+        if self.den <= 0.0:
+            return 0.0 if self.num <= 0.0 else float("inf")
+        return float(max(self.num, 0.0) / self.den) ** 0.5
 
 
 def efficacy_gaps(w0: torch.Tensor, w: torch.Tensor, contexts, targets) -> list[Gap]:
@@ -48,8 +54,9 @@ def efficacy_gaps(w0: torch.Tensor, w: torch.Tensor, contexts, targets) -> list[
     out = []
     for x, y in zip(contexts, targets, strict=True):
         x, y = x.to(w0), y.to(w0)
-        goal = w0 @ y.T
-        out.append(Gap(float((w @ x.T - goal).pow(2).sum()), float((w0 @ x.T - goal).pow(2).sum())))
+        way = w0 @ (y - x).T  # from where the prompt projects to where its guide does
+        moved = (w - w0) @ x.T
+        out.append(Gap(float((moved * way).sum()), float(way.pow(2).sum())))
     return out
 
 

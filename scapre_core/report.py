@@ -1,9 +1,9 @@
 """The edit report: per matrix and per prompt, what moved and what else moved with it.
 
-Measures (see :mod:`scapre_core.metrics`): *efficacy*, the share of the gap to the guide's
-projection that the edit closed (0 to 1), and *drift*, the relative change of a prompt's
-projections. Both are computed for every erased prompt, probe and preserve prompt, per matrix and
-pooled over the whole edit, from the same token contexts the solve reads.
+Measures (see :mod:`scapre_core.metrics`): *efficacy*, how far a prompt's projections moved onto
+its guide's (0 to 1), and *drift*, the relative change of a prompt's projections. Both are computed
+for every erased prompt, probe and preserve prompt, per matrix and pooled over the whole edit, from
+the same token contexts the solve reads.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class EditReport:
         """The compact figures the graph shows on the erase node."""
         we, wd = self.worst_efficacy(), self.worst_drift()
         concepts = {p.concept or p.text for p in self.group("erase")}
-        return {
+        return _finite({
             "concepts": len(concepts),
             "prompts": len(self.group("erase")),
             "matrices": len(self.matrices),
@@ -82,20 +82,26 @@ class EditReport:
             "worst_drift": None if wd is None else {"text": wd.text, "group": wd.group, "value": wd.drift},
             "mean_change": _mean([m.rel_change for m in self.matrices]),
             "warnings": list(self.warnings),
-        }
+        })
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "scapre-report/1", **asdict(self)}
+        """Plain JSON data; non-finite numbers become ``None`` (JSON has no infinity)."""
+        return _finite({"format": "scapre-report/1", **asdict(self)})
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=indent, default=_jsonable, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EditReport:
+        def num(v: float | None) -> float:  # None stood for a non-finite value (an unbounded drift)
+            return math.inf if v is None else float(v)
+
         return cls(
-            matrices=tuple(MatrixResult(m["name"], tuple(m["shape"]), m["rel_change"]) for m in data["matrices"]),
-            prompts=tuple(PromptResult(**{**p, "efficacy_per_matrix": tuple(p["efficacy_per_matrix"]),
-                                          "drift_per_matrix": tuple(p["drift_per_matrix"])})
+            matrices=tuple(MatrixResult(m["name"], tuple(m["shape"]), num(m["rel_change"]))
+                           for m in data["matrices"]),
+            prompts=tuple(PromptResult(**{**p, "efficacy": num(p["efficacy"]), "drift": num(p["drift"]),
+                                          "efficacy_per_matrix": tuple(map(num, p["efficacy_per_matrix"])),
+                                          "drift_per_matrix": tuple(map(num, p["drift_per_matrix"]))})
                           for p in data["prompts"]),
             config=dict(data.get("config", {})), info=dict(data.get("info", {})),
             seconds=float(data.get("seconds", 0.0)), warnings=tuple(data.get("warnings", ())),
@@ -192,10 +198,10 @@ class ReportBuilder:
             before = (w0 @ x).reshape(-1, n, t)
             moved = (delta @ x).reshape(-1, n, t)
             guide = (w0 @ g["guides"][:, :t].reshape(-1, d).T).reshape(w0.shape[0], -1, t)[:, g["guide_index"], :]
-            gap = (before - guide) * g["mask"]
+            way = (guide - before) * g["mask"]  # W0 (Y - X)^T; padded positions masked
             sums = torch.stack([
-                (gap + moved).pow(2).sum(dim=(0, 2)),  # ||W X^T - W0 Y^T||^2
-                gap.pow(2).sum(dim=(0, 2)),  # ||W0 X^T - W0 Y^T||^2
+                (moved * way).sum(dim=(0, 2)),  # <(W - W0) X^T, W0 (Y - X)^T>
+                way.pow(2).sum(dim=(0, 2)),  # ||W0 (Y - X)^T||^2
                 moved.pow(2).sum(dim=(0, 2)),  # ||(W - W0) X^T||^2
                 before.pow(2).sum(dim=(0, 2)),  # ||W0 X^T||^2
             ]).double().cpu()
@@ -244,6 +250,17 @@ def _fmt(value: float | None) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _finite(value: Any) -> Any:
+    """Copy of ``value`` with non-finite floats replaced by ``None`` (recursively)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

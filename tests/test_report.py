@@ -85,3 +85,16 @@ def test_json_round_trip_markdown_and_summary():
     summary = report.summary()
     assert summary["concepts"] == 2 and summary["matrices"] == 1 and summary["worst_drift"] is None
     assert short_name("diffusion_model.output_blocks.11.1.transformer_blocks.3.attn2.to_v.weight") == "out11.t3.v"
+
+
+def test_unbounded_drift_is_valid_json():
+    """A prompt whose original projection is zero has infinite drift; JSON (and the UI message) get null."""
+    from scapre_core.report import MatrixResult, PromptResult
+
+    inf = float("inf")
+    report = EditReport(matrices=(MatrixResult("m", (2, 2), 0.5),),
+                        prompts=(PromptResult("zero", "probe", 0.0, inf, (0.0,), (inf,)),))
+    text = report.to_json()
+    assert "Infinity" not in text and json.loads(text)["prompts"][0]["drift"] is None
+    assert report.summary()["worst_drift"]["value"] is None
+    assert EditReport.from_dict(json.loads(text)) == report

@@ -1,0 +1,326 @@
+"""The pack's nodes inside a real ComfyUI (in-process, CPU), on random-weight SD1.5 and SDXL-family models.
+
+Run with the ComfyUI venv's python and ``COMFYUI_PATH`` (see README); skipped without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import comfy_support
+import pytest
+
+log = logging.getLogger("scapre.comfy_tests")
+
+NODE_IDS = {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreErase", "ScaPreReport", "ScaPreSaveLoRA",
+            "ScaPreSaveCheckpoint"}
+PACK_ROOT = comfy_support.PACK_ROOT
+
+
+def _core(c):
+    """The pack's scapre_core as ComfyUI imported it (relative to the pack module)."""
+    import sys
+
+    return sys.modules[c.pack_module().__name__ + ".scapre_core"]
+
+
+def _defaults(c) -> dict:
+    return _core(c).ScaPreConfig().to_dict()
+
+
+def _encode(c, clip, concepts="cat, golden retriever", **kw):
+    args = dict(concept_type="object", expand_templates=False, templates="", guide="", preserve="dog",
+                probes="tiger")
+    args.update(kw)
+    return c.run_node("ScaPreConceptEncode", clip=clip, concepts=concepts, **args)
+
+
+def _erase(c, model, concepts, informax=None, edit="keys and values", **overrides):
+    values = {**_defaults(c), **overrides}
+    extra = {} if informax is None else {"informax": informax}
+    return c.run_node("ScaPreErase", model=model, concepts=concepts, edit=edit, **extra, **values)
+
+
+def _sample(c, model, clip, seed=0):
+    (pos,) = c.run_node("CLIPTextEncode", text="a photo of a cat", clip=clip)
+    (neg,) = c.run_node("CLIPTextEncode", text="", clip=clip)
+    (latent,) = c.run_node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    (out,) = c.run_node("KSampler", model=model, seed=seed, steps=1, cfg=2.0, sampler_name="euler",
+                        scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    return out["samples"]
+
+
+def _live_weights(model, keys):
+    """The weights ComfyUI computes with for ``model`` (patches applied), as float32 CPU copies."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model], force_patch_weights=True)
+    sd = model.model.state_dict()
+    return {k: sd[k].detach().float().cpu().clone() for k in keys}
+
+
+def _originals(model, keys):
+    entries = model.get_key_patches("diffusion_model.")
+    return {k: entries[k][0][0].detach().float().cpu().clone() for k in keys}
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def sd15_edit(scapre_nodes, sd15_loaded):
+    """One encode + informax + erase on the SD1.5 fixture, shared by the tests below."""
+    model, clip, _ = sd15_loaded
+    c = scapre_nodes
+    (concepts,) = _encode(c, clip)
+    info_inputs = {k: v for k, v in _defaults(c).items() if k in _core(c).INFORMAX_FIELDS}
+    (informax,) = c.run_node("ScaPreInformax", model=model, concepts=concepts, **info_inputs)
+    result = _erase(c, model, concepts, informax=informax)
+    return {"concepts": concepts, "informax": informax, "edited": result[0], "report": result[1], "ui": result.ui}
+
+
+# ------------------------------------------------------------------------------------------------
+# registration and schema
+# ------------------------------------------------------------------------------------------------
+
+def test_pack_registers_exactly_its_nodes_with_help(scapre_nodes):
+    assert set(scapre_nodes.pack_node_ids) == NODE_IDS
+    for node_id in NODE_IDS:
+        cls = scapre_nodes.node_class(node_id)
+        schema = cls.GET_SCHEMA() if hasattr(cls, "GET_SCHEMA") else cls.define_schema()
+        assert schema.category == "ScaPre" and schema.description
+        for item in [*schema.inputs, *schema.outputs]:
+            assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
+        assert (PACK_ROOT / "web" / "docs" / f"{node_id}.md").is_file()
+    erase_inputs = {i.id for i in scapre_nodes.node_class("ScaPreErase").GET_SCHEMA().inputs}
+    fields = {f.name for f in dataclasses.fields(_core(scapre_nodes).ScaPreConfig)}
+    assert fields <= erase_inputs  # every config field is an input of the same name
+
+
+# ------------------------------------------------------------------------------------------------
+# the edit on SD1.5
+# ------------------------------------------------------------------------------------------------
+
+def test_erase_patches_exactly_the_cross_attention_keys_and_values(scapre_nodes, sd15_loaded, sd15_edit):
+    model = sd15_loaded[0]
+    edited = sd15_edit["edited"]
+    kv = comfy_support.attn2_kv_shapes(model)
+    assert len(kv) == 32
+    assert set(edited.patches) == set(kv)
+    assert edited is not model and edited.model is model.model  # a clone: no second copy of the UNet
+    assert not any(k in model.patches for k in kv)
+    summary = sd15_edit["ui"]["scapre_summary"][0]
+    assert summary["matrices"] == 32 and summary["concepts"] == 2
+
+
+def test_edited_weights_are_original_plus_the_edit(scapre_nodes, sd15_loaded, sd15_edit):
+    model = sd15_loaded[0]
+    edited = sd15_edit["edited"]
+    keys = sorted(edited.patches)
+    originals = _originals(model, keys)
+    live = _live_weights(edited, keys)
+    diffs = edited.model_options["scapre_edits"][-1].diffs
+    for k in keys:
+        assert _rel(live[k], originals[k] + diffs[k]) < 1e-6
+        assert _rel(live[k], originals[k]) > 1e-4  # the edit really changed the weight
+    # loading the original patcher again restores the unpatched weights
+    assert all(_rel(w, originals[k]) == 0.0 for k, w in _live_weights(model, keys).items())
+
+
+def test_input_model_samples_bit_identically_and_edited_model_samples(scapre_nodes, sd15_loaded):
+    import torch
+
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    before = _sample(c, model, clip)
+    (concepts,) = _encode(c, clip, concepts="a cat")
+    edited = _erase(c, model, concepts)[0]
+    after_edit = _sample(c, edited, clip)
+    again = _sample(c, model, clip)
+    assert torch.equal(before, again)
+    assert torch.isfinite(after_edit).all() and not torch.equal(before, after_edit)
+
+
+def test_precomputed_informax_gives_the_same_edit(scapre_nodes, sd15_loaded, sd15_edit):
+    import torch
+
+    model = sd15_loaded[0]
+    inline = _erase(scapre_nodes, model, sd15_edit["concepts"])[0]
+    a = sd15_edit["edited"].model_options["scapre_edits"][-1].diffs
+    b = inline.model_options["scapre_edits"][-1].diffs
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_informax_settings_win_and_are_reported(scapre_nodes, sd15_loaded, sd15_edit):
+    model = sd15_loaded[0]
+    result = _erase(scapre_nodes, model, sd15_edit["concepts"], informax=sd15_edit["informax"], p=7.0,
+                    edit="values only")
+    report = result[1]
+    assert report.config["p"] == 2.0
+    assert any("p=2.0" in w for w in report.warnings)
+    assert all(k.endswith("to_v.weight") for k in result[0].patches) and len(result[0].patches) == 16
+
+
+def test_report_node_and_report_contents(scapre_nodes, sd15_edit):
+    report = sd15_edit["report"]
+    groups = {p.group for p in report.prompts}
+    assert groups == {"erase", "probe", "preserve"}
+    assert all(len(p.efficacy_per_matrix) == 32 for p in report.prompts)
+    out = scapre_nodes.run_node("ScaPreReport", report=report)
+    image, table = out[0], out[1]
+    assert tuple(image.shape[:1]) == (1,) and image.shape[-1] == 3 and image.shape[2] == 1600
+    assert float(image.std()) > 0.01
+    assert "golden retriever" in table and "tiger" in table and "dog" in table
+
+
+def test_edit_again_and_compose_with_lora(scapre_nodes, sd15_loaded, sd15_edit, tmp_path):
+    """A second edit reads the first edit's weights; saving writes the sum; a LoRA loads under and over."""
+    import torch
+
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    first = sd15_edit["edited"]
+    (more,) = _encode(c, clip, concepts="tabby", preserve="", probes="")
+    second = _erase(c, first, more)[0]
+    records = second.model_options["scapre_edits"]
+    assert len(records) == 2 and len(first.model_options["scapre_edits"]) == 1
+    keys = sorted(second.patches)
+    live = _live_weights(second, keys)
+    base = _originals(model, keys)
+    for k in keys:
+        assert _rel(live[k], base[k] + records[0].diffs[k] + records[1].diffs[k]) < 1e-6
+
+    saved = c.run_node("ScaPreSaveLoRA", model=second, filename_prefix="scapre_twice", rank=0)
+    lora_file = Path(c.folder_paths.get_output_directory()) / saved[0]
+    assert lora_file.is_file() and lora_file.parent.name == "loras"
+    c.folder_paths.add_model_folder_path("loras", str(lora_file.parent))
+    (reloaded, _) = c.run_node("LoraLoader", model=model, clip=clip, lora_name=lora_file.name,
+                               strength_model=1.0, strength_clip=1.0)
+    again = _live_weights(reloaded, keys)
+    for k in keys:
+        assert _rel(again[k], live[k]) < 1e-5
+    # an erase after a LoRA starts from the LoRA'd weights
+    (after_lora,) = [_erase(c, reloaded, more)[0]]
+    rec = after_lora.model_options["scapre_edits"][-1]
+    w_in = _live_weights(reloaded, keys)
+    w_out = _live_weights(after_lora, keys)
+    assert all(torch.allclose(w_out[k], w_in[k] + rec.diffs[k], atol=1e-5) for k in keys)
+
+
+# ------------------------------------------------------------------------------------------------
+# saving
+# ------------------------------------------------------------------------------------------------
+
+def test_save_lora_exact_and_low_rank(scapre_nodes, sd15_loaded, sd15_edit):
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    edited = sd15_edit["edited"]
+    keys = sorted(edited.patches)
+    target = _live_weights(edited, keys)
+    out_dir = Path(c.folder_paths.get_output_directory())
+    exact = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="scapre_exact", rank=0)
+    low = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="loras/scapre_low", rank=8)
+    for saved in (exact, low):
+        path = out_dir / saved[0]
+        header = comfy_support.safetensors_header(path)
+        meta = header["__metadata__"]
+        assert json.loads(meta["scapre.concepts"]) == ["cat", "golden retriever"]
+        assert "lam" in meta["scapre.edits"] and meta["scapre.version"]
+        assert path.with_name(path.name.replace(".safetensors", ".scapre.json")).is_file()
+        c.folder_paths.add_model_folder_path("loras", str(path.parent))
+    exact_model = c.run_node("LoraLoader", model=model, clip=clip, lora_name=Path(exact[0]).name,
+                             strength_model=1.0, strength_clip=1.0)[0]
+    got = _live_weights(exact_model, keys)
+    assert max(_rel(got[k], target[k]) for k in keys) < 1e-5
+    error = float(comfy_support.safetensors_header(out_dir / low[0])["__metadata__"]["scapre.rel_error"])
+    assert 0 < error < 1
+    low_model = c.run_node("LoraLoader", model=model, clip=clip, lora_name=Path(low[0]).name,
+                           strength_model=1.0, strength_clip=1.0)[0]
+    got = _live_weights(low_model, keys)
+    base = _originals(model, keys)
+    num = sum(float((got[k] - target[k]).pow(2).sum()) for k in keys)
+    den = sum(float((target[k] - base[k]).pow(2).sum()) for k in keys)
+    assert (num / den) ** 0.5 == pytest.approx(error, rel=0.05, abs=1e-3)
+
+
+@pytest.mark.parametrize("saver", ["ScaPreSaveCheckpoint", "CheckpointSave"])
+def test_saved_checkpoint_holds_the_edited_weights(scapre_nodes, sd15_loaded, sd15_edit, saver):
+    import safetensors.torch
+
+    c = scapre_nodes
+    _, clip, vae = sd15_loaded
+    edited = sd15_edit["edited"]
+    keys = sorted(edited.patches)
+    target = _live_weights(edited, keys)
+    prefix = f"checkpoints/edited_{saver}"
+    c.run_node(saver, model=edited, clip=clip, vae=vae, filename_prefix=prefix)
+    folder = Path(c.folder_paths.get_output_directory()) / "checkpoints"
+    (path,) = sorted(folder.glob(f"edited_{saver}_*.safetensors"))
+    with safetensors.safe_open(str(path), framework="pt") as fh:
+        for k in keys:
+            saved = fh.get_tensor("model." + k).float()
+            assert _rel(saved, target[k]) < 1e-3  # the file keeps the model's storage dtype
+        meta = fh.metadata() or {}
+    if saver == "ScaPreSaveCheckpoint":
+        provenance = json.loads(meta["scapre"])
+        assert provenance["edits"][0]["concepts"] == ["cat", "golden retriever"]
+        assert path.with_name(path.name.replace(".safetensors", ".scapre.json")).is_file()
+    del safetensors
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input, cancel
+# ------------------------------------------------------------------------------------------------
+
+def test_bad_inputs_give_clear_errors(scapre_nodes, sd15_loaded, sd15_edit):
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    with pytest.raises(ValueError, match="no concepts"):
+        _encode(c, clip, concepts=" ,\n")
+    with pytest.raises(ValueError, match="guide has 2 lines but there are 3 concepts"):
+        _encode(c, clip, concepts="a, b, c", guide="x\ny")
+    with pytest.raises(ValueError, match="longer than the text encoder's context window"):
+        _encode(c, clip, concepts=" ".join(["word"] * 90))
+    with pytest.raises(ValueError, match="erase_scale"):
+        _erase(c, model, sd15_edit["concepts"], erase_scale=-1.0)
+    with pytest.raises(ValueError, match="no ScaPre edit"):
+        c.run_node("ScaPreSaveLoRA", model=model, filename_prefix="x", rank=0)
+    with pytest.raises(ValueError, match="output"):
+        c.run_node("ScaPreSaveLoRA", model=sd15_edit["edited"], filename_prefix="../../escape", rank=0)
+    with pytest.raises(ValueError, match="ScaPre Concept Encode"):
+        _erase(c, model, "cat")
+
+
+def test_cancel_stops_the_edit(scapre_nodes, sd15_loaded, sd15_edit):
+    import comfy.model_management as mm
+
+    model = sd15_loaded[0]
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _erase(scapre_nodes, model, sd15_edit["concepts"])
+    finally:
+        mm.interrupt_current_processing(False)
+    assert not any(k in model.patches for k in comfy_support.attn2_kv_shapes(model))
+
+
+# ------------------------------------------------------------------------------------------------
+# SDXL family
+# ------------------------------------------------------------------------------------------------
+
+def test_sdxl_family_edit_and_width_mismatch(scapre_nodes, sd15_loaded, vega_loaded):
+    c = scapre_nodes
+    model, clip, _ = vega_loaded
+    (concepts,) = _encode(c, clip, concepts="Van Gogh", concept_type="style", expand_templates=True,
+                          guide="art", preserve="", probes="Claude Monet")
+    assert concepts.width == 2048 and len(concepts.plan.prompts) == 6
+    edited, report = _erase(c, model, concepts)[:2]
+    kv = comfy_support.attn2_kv_shapes(model)
+    assert set(edited.patches) == set(kv) and len(kv) == 30
+    assert len(report.matrices) == 30
+    with pytest.raises(ValueError, match="encoded 2048 wide but this model's cross-attention reads"):
+        _erase(c, sd15_loaded[0], concepts)
