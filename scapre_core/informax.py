@@ -151,7 +151,7 @@ def entropy_factor(
     """``e_i = 1 - H_i / log(bins)`` (SPEC "Entropy factor"): 1 marks a specialised row.
 
     ``H_i`` is the Shannon entropy of row ``i``'s activations on ``num_samples`` noisy copies of
-    every concept vector, min-max normalised per row and binned like ``torch.histc`` on [0, 1].
+    every concept vector, min-max normalised per row and binned exactly like ``torch.histc`` on [0, 1].
     """
     rows = w0.shape[0]
     samples = _noisy_copies(concept_vecs, num_samples, sigma, generator)
@@ -159,8 +159,8 @@ def entropy_factor(
     low = acts.min(dim=1, keepdim=True).values
     high = acts.max(dim=1, keepdim=True).values
     unit = (acts - low) / (high - low + EPS)
-    edges = torch.linspace(0.0, 1.0, bins + 1, dtype=unit.dtype, device=unit.device)
-    index = (torch.bucketize(unit, edges, right=True) - 1).clamp_(0, bins - 1)
+    # torch.histc on [0, 1] puts x in bin floor(x * bins) (the last bin also takes x = 1)
+    index = (unit * bins).long().clamp_(0, bins - 1)
     hist = torch.zeros(rows, bins, dtype=unit.dtype, device=unit.device)
     hist.scatter_add_(1, index, torch.ones_like(unit))
     prob = hist / (hist.sum(dim=1, keepdim=True) + EPS)

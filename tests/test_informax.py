@@ -171,3 +171,13 @@ def test_row_weights_are_in_unit_interval_and_favor_informative_rows(estimator):
     m = stats.row_weights[:, 0]
     assert ((m >= 0) & (m <= 1)).all()
     assert m[0] > m[1]
+
+
+def test_entropy_binning_matches_histc_at_bin_edges():
+    """Values exactly on a bin edge (x = k / bins) land where torch.histc puts them."""
+    bins = 20
+    w0 = torch.eye(1)
+    # 0.45 * 20 sits on an edge that a search over linspace edges puts in bin 8, next to 0.42
+    values = torch.tensor([[0.0], [0.42], [0.45], [1.0]])
+    e = entropy_factor(w0, values, num_samples=1, bins=bins, sigma=0.0, generator=torch.Generator())
+    assert e.item() == pytest.approx(naive.histogram_entropy_factor(values[:, 0], bins), abs=1e-6)
