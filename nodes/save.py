@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..scapre_core import __version__
 from ..scapre_core.lora import lora_state_dict, pooled_error
 from ..scapre_core.payloads import provenance_metadata, report_bundle, total_diffs
-from .common import CATEGORY, edit_records, log
+from .common import CATEGORY, edit_records, log, progress
 
 
 def _records(model):
@@ -58,6 +58,7 @@ class ScaPreSaveLoRA(io.ComfyNode):
             ],
             outputs=[io.String.Output("lora_path", display_name="path", tooltip="The saved file, relative to the "
                                       "output folder.")],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -65,7 +66,7 @@ class ScaPreSaveLoRA(io.ComfyNode):
     def execute(cls, model, filename_prefix, rank) -> io.NodeOutput:
         records = _records(model)
         diffs = total_diffs(records)
-        tensors, errors = lora_state_dict(diffs, rank)
+        tensors, errors = lora_state_dict(diffs, rank, progress=progress(cls.hidden.unique_id, "lora"))
         error = pooled_error(diffs, errors)
         base, shown = _next_path(filename_prefix, "loras")
         metadata = provenance_metadata(records, __version__)

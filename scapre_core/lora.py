@@ -7,6 +7,7 @@ a rank-``r`` edit as ``.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha`` (s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,17 +50,23 @@ def low_rank(diff: torch.Tensor, rank: int, dtype: torch.dtype = torch.float16) 
 
 
 def lora_state_dict(
-    diffs: dict[str, torch.Tensor], rank: int = 0, dtype: torch.dtype = torch.float16
+    diffs: dict[str, torch.Tensor],
+    rank: int = 0,
+    dtype: torch.dtype = torch.float16,
+    progress: Callable[[int, int], object] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The tensors of a LoRA file for the UNet differences ``diffs`` (model key -> ``W_new - W_in``).
 
     ``rank`` 0 writes exact full-rank ``.diff`` keys in float32; ``rank`` r writes up/down/alpha in
-    ``dtype``. Also returns the relative truncation error per model key (0 for exact)."""
+    ``dtype``. Also returns the relative truncation error per model key (0 for exact).
+    ``progress(done, total)`` is called after each matrix and may raise to cancel."""
     if rank < 0:
         raise ValueError(f"rank must be 0 (exact) or positive, got {rank}")
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
-    for key in sorted(diffs):
+    for done, key in enumerate(sorted(diffs), start=1):
+        if progress is not None and done > 1:
+            progress(done - 1, len(diffs))
         name = lora_name(key)
         diff = diffs[key].detach().to(device="cpu")
         if rank == 0:
@@ -71,6 +78,8 @@ def lora_state_dict(
         tensors[f"{name}.lora_down.weight"] = factors.down.contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(factors.up.shape[1]), dtype=torch.float32)
         errors[key] = factors.rel_error
+    if progress is not None:
+        progress(len(diffs), len(diffs))
     return tensors, errors
 
 

@@ -36,3 +36,20 @@ def test_figure_renders_readably(concepts, probes):
     # not blank: plenty of non-white pixels and several distinct colours
     assert (image.mean(axis=2) < 0.9).mean() > 0.02
     assert len(np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 20
+
+
+def test_without_matplotlib_the_figure_says_why(monkeypatch):
+    import builtins
+
+    from scapre_core.figure import FigureUnavailable
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(FigureUnavailable, match="pip install matplotlib"):
+        render(synthetic_report(2, 1))

@@ -41,3 +41,16 @@ def test_low_rank_is_exact_for_low_rank_input_and_reports_truncation():
     assert 0 < errors[KEY] < 1 and pooled_error({KEY: full}, errors) == pytest.approx(errors[KEY])
     with pytest.raises(ValueError, match="rank"):
         lora_state_dict({KEY: full}, rank=-1)
+
+
+def test_progress_per_matrix_and_cancel():
+    diffs = {KEY: torch.randn(6, 4), KEY.replace("to_k", "to_v"): torch.randn(6, 4)}
+    seen = []
+    lora_state_dict(diffs, rank=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lora_state_dict(diffs, rank=0, progress=stop)
