@@ -79,14 +79,14 @@ def _iter_matrices(
     config: ScaPreConfig,
     device: torch.device | str | None,
     progress: Progress | None,
-) -> Iterator[tuple[int, str, torch.Tensor]]:
-    """Yield ``(index, name, w0)`` with ``w0`` a compute-precision copy on the compute device;
-    report progress after each matrix is processed."""
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, w0)`` with ``w0`` a compute-precision copy on the compute device; report
+    progress after each matrix is processed."""
     dtype = compute_dtype(config)
     for index, name in enumerate(names):
         source = weights[name]
         target = torch.device(device) if device is not None else source.device
-        yield index, name, source.detach().to(device=target, dtype=dtype, copy=True)
+        yield name, source.detach().to(device=target, dtype=dtype, copy=True)
         if progress is not None:
             progress(index + 1, len(names))
 
@@ -143,7 +143,7 @@ def erase_iter(
         informax.check_matches(names, concepts, config)
     texts = _TextCache(concepts, config)
     with full_precision_matmul():
-        for _, name, w0 in _iter_matrices(weights, names, config, device, progress):
+        for name, w0 in _iter_matrices(weights, names, config, device, progress):
             source = weights[name]
             text = texts.get(w0.device)
             if use_given:
@@ -197,7 +197,7 @@ def informax_weights(
     dtype = compute_dtype(config)
     stats: dict[str, RowStats] = {}
     with full_precision_matmul():
-        for _, name, w0 in _iter_matrices(weights, names, config, device, progress):
+        for name, w0 in _iter_matrices(weights, names, config, device, progress):
             vecs = concepts.concept_vecs.to(device=w0.device, dtype=dtype)
             empty = concepts.empty_vec.to(device=w0.device, dtype=dtype)
             result = row_stats(name, w0, vecs, empty, config, with_weights=True, with_entropy=True)
