@@ -26,6 +26,8 @@ MI_TIE_STD = 1e-6
 EPS = 1e-8
 #: Concepts drawn per call to the random generator; fixed so results never depend on memory.
 NOISE_BLOCK = 256
+#: Rows binned at a time in the entropy histogram (memory only; counts are exact either way).
+HIST_BLOCK = 256
 
 Progress = Callable[[int, int], Any]
 
@@ -158,11 +160,13 @@ def entropy_factor(
     acts = w0 @ samples.reshape(-1, samples.shape[-1]).T  # [o, m * N]
     low = acts.min(dim=1, keepdim=True).values
     high = acts.max(dim=1, keepdim=True).values
-    unit = (acts - low) / (high - low + EPS)
-    # torch.histc on [0, 1] puts x in bin floor(x * bins) (the last bin also takes x = 1)
-    index = (unit * bins).long().clamp_(0, bins - 1)
-    hist = torch.zeros(rows, bins, dtype=unit.dtype, device=unit.device)
-    hist.scatter_add_(1, index, torch.ones_like(unit))
+    hist = torch.zeros(rows, bins, dtype=acts.dtype, device=acts.device)
+    for start in range(0, rows, HIST_BLOCK):  # blocks of rows bound the index tensor's memory
+        part = slice(start, start + HIST_BLOCK)
+        unit = (acts[part] - low[part]) / (high[part] - low[part] + EPS)
+        # torch.histc on [0, 1] puts x in bin floor(x * bins) (the last bin also takes x = 1)
+        index = (unit * bins).long().clamp_(0, bins - 1)
+        hist[part].scatter_add_(1, index, torch.ones_like(unit))
     prob = hist / (hist.sum(dim=1, keepdim=True) + EPS)
     entropy = -(prob * (prob + EPS).log()).sum(dim=1)
     return 1.0 - entropy / math.log(bins)

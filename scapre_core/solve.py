@@ -131,6 +131,11 @@ def prepare_text_side(
     )
 
 
+#: Erase prompts per block of the data term: bounds its working memory (``o x block x t`` floats);
+#: fixed, so results never depend on the machine.
+CONCEPT_BLOCK = 128
+
+
 def data_term(
     w0: torch.Tensor, text: TextSide, row_weights: torch.Tensor, erase_scale: float, technique: str
 ) -> torch.Tensor:
@@ -142,20 +147,25 @@ def data_term(
     Each distinct guide is projected once; ``Y_j`` is a prefix of its guide, and the columns of
     ``T_j`` past ``t_j`` meet the zero padding of ``X_j``, so they add nothing."""
     o, (m, t, d) = w0.shape[0], text.contexts.shape
-    x = text.contexts.reshape(m * t, d)
     u, t_guide = text.guides.shape[:2]
     if t_guide < t:
         raise AssertionError("guide sequences are never shorter than the contexts they align with")
     guide_proj = (w0 @ text.guides[:, :t].reshape(u * t, d).T).reshape(o, u, t)
-    target = guide_proj[:, text.guide_index, :]
-    if technique == "tensor":
-        source = (w0 @ x.T).reshape(o, m, t)
-        norm2 = (source * source).sum(dim=(0, 2))
-        inner = (source * target).sum(dim=(0, 2))
-        coef = torch.where(norm2 > 0, inner / norm2.clamp_min(torch.finfo(w0.dtype).tiny), 0.0)
-        target = target - coef.view(1, m, 1) * source
-    target = target * (erase_scale * row_weights).unsqueeze(2)
-    return target.reshape(o, m * t) @ x
+    out = torch.zeros_like(w0)
+    for start in range(0, m, CONCEPT_BLOCK):
+        block = slice(start, min(start + CONCEPT_BLOCK, m))
+        n = block.stop - block.start
+        x = text.contexts[block].reshape(n * t, d)
+        target = guide_proj[:, text.guide_index[block], :]
+        if technique == "tensor":
+            source = (w0 @ x.T).reshape(o, n, t)
+            norm2 = (source * source).sum(dim=(0, 2))
+            inner = (source * target).sum(dim=(0, 2))
+            coef = torch.where(norm2 > 0, inner / norm2.clamp_min(torch.finfo(w0.dtype).tiny), 0.0)
+            target = target - coef.view(1, n, 1) * source
+        target = target * (erase_scale * row_weights[:, block]).unsqueeze(2)
+        out.addmm_(target.reshape(o, n * t), x)
+    return out
 
 
 def solve_rows(
