@@ -124,6 +124,9 @@ VARIANTS = {
                           seed=0),
     "scale": ScaPreConfig(variant="scale", lam=0.5, erase_scale=2.0, p=5.0, ased=True, bures_iters=1,
                           entropy_samples=30, use_informax=True, mu_from_entropy=True, seed=0),
+    # the published explicit-content run: Informax off
+    "scale_no_informax": ScaPreConfig(variant="scale", lam=0.5, erase_scale=2.0, p=3.0, bures_iters=1,
+                                      use_informax=False, mu_from_entropy=True, seed=0),
 }
 
 
