@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,6 @@ EPS = 1e-8
 NOISE_BLOCK = 256
 #: Rows binned at a time in the entropy histogram (memory only; counts are exact either way).
 HIST_BLOCK = 256
-
-Progress = Callable[[int, int], Any]
 
 
 def matrix_generator(seed: int, name: str, purpose: str, device: torch.device) -> torch.Generator:
@@ -184,11 +182,6 @@ class RowStats:
         if self.row_weights is None:
             return torch.ones(rows, m, dtype=like.dtype, device=like.device)
         return self.row_weights.to(device=like.device, dtype=like.dtype)
-
-    @property
-    def row_max(self) -> torch.Tensor | None:
-        """``r_i = max_j m_ij``: the weight of row ``i``'s subspace penalty."""
-        return None if self.row_weights is None else self.row_weights.max(dim=1).values
 
     @property
     def spread(self) -> torch.Tensor | None:
