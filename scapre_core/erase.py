@@ -15,9 +15,9 @@ import torch
 
 from .concepts import ConceptSet
 from .config import ScaPreConfig
-from .geometry import bures_step, egbr
+from .geometry import bures_change, egbr_change, to_float64
 from .informax import InformaxResult, RowStats, row_stats, weight_checksum
-from .solve import TextSide, data_term, prepare_text_side, solve_rows
+from .solve import TextSide, data_term, prepare_text_side, rhs_eig, solve_rows
 from .validation import check_weight
 
 log = logging.getLogger(__name__)
@@ -91,36 +91,38 @@ def _iter_matrices(
             progress(index + 1, len(names))
 
 
-def edit_matrix(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
-    """The edited matrix for one original ``w0`` (compute precision), by ``config.variant``."""
+def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
+    """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``.
+
+    Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
+    from per-row float64 scalars), so that it is accurate relative to itself, not to the weight."""
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     if config.variant == "uce":
         row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
     else:
         row_weights = stats.weights_or_ones(rows, m, w0)
-    data = data_term(w0, text, row_weights, config.erase_scale, config.technique)
-    if text.preserve_gram is not None:
-        data = data + w0 @ text.preserve_gram
+    data_e = data_term(w0, text, row_weights, config.erase_scale, config.technique)
 
     if config.variant == "scale":
-        spread = None if stats.entropy is None else stats.spread.to(device=w0.device, dtype=w0.dtype)
+        spread = None if stats.entropy is None else to_float64(stats.spread)
         mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
         lam_prox = config.lam + mu
         row_max = row_weights.max(dim=1).values
-        solved = solve_rows(lam_prox * w0 + data, text, mu, config.erase_scale * row_max)
-        out = bures_step(w0, solved, mu, lam_prox, config.bures_iters)
-        return egbr(w0, out, spread) if config.egbr else out
+        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max)
+        change = bures_change(w0, solved - w0, mu, lam_prox, config.bures_iters)
+        return egbr_change(w0, change, spread) if config.egbr else change
 
-    rhs = config.lam * w0 + data
-    if config.variant == "small" and text.residual_ctx is not None:
-        residual = text.residual_ctx
-        rhs = rhs - config.erase_scale * (w0 @ residual) @ residual.T
-    solved = solve_rows(rhs, text, 0.0, None)
+    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None)
     if config.variant == "uce":
-        return solved
+        return solved - w0
     entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)
     keep = config.alpha_min + (1.0 - config.alpha_min) * entropy
-    return keep * solved + (1.0 - keep) * w0
+    return keep * (solved - w0)
+
+
+def edit_matrix(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
+    """The edited matrix ``W0 + change`` for one original ``w0`` (compute precision)."""
+    return w0 + edit_change(w0, text, stats, config)
 
 
 def erase_iter(
@@ -131,10 +133,15 @@ def erase_iter(
     progress: Progress | None = None,
     *,
     device: torch.device | str | None = None,
+    changes: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Like :func:`erase`, but yields ``(name, edited)`` one matrix at a time, so that a caller
     can store or measure each result before the next is computed. All inputs are validated before
-    the first matrix is edited."""
+    the first matrix is edited.
+
+    With ``changes=True`` it yields ``(name, W - W0)`` instead, in the compute precision (at least
+    float32) on the weight's device: the change as computed, without the rounding of adding it to a
+    lower-precision weight and subtracting it again (what a patch or a LoRA stores)."""
     config = config or ScaPreConfig()
     names = check_inputs(weights, concepts)
     with_weights, with_entropy = config.needs_row_weights, config.needs_entropy
@@ -154,9 +161,12 @@ def erase_iter(
                     name, w0, text.concept_vecs, text.empty_vec, config,
                     with_weights=with_weights, with_entropy=with_entropy,
                 )
-            edited = edit_matrix(w0, text, stats, config)
+            change = edit_change(w0, text, stats, config)
             log.debug("edited %s %s", name, tuple(w0.shape))
-            yield name, edited.to(device=source.device, dtype=source.dtype)
+            if changes:
+                yield name, change.to(device=source.device)
+            else:
+                yield name, (w0 + change).to(device=source.device, dtype=source.dtype)
 
 
 def erase(

@@ -3,6 +3,12 @@
 All rows and concepts are handled at once; no per-row Python loops. Randomness comes from a
 generator seeded by ``(seed, matrix name, purpose)``, so a matrix's weights do not depend on which
 other matrices are edited, on their order, or on whether the entropy factor is also drawn.
+
+Precision. The noise is drawn and the activations are measured in float32 whatever the edit's
+``precision`` (as the published code measures them), and the statistics are formed from those
+activations in float64. The float32 and float64 edits therefore read the very same row weights and
+entropy factors: the binarisation at the median and the histogram bins are discrete, and measuring
+them in two precisions would let a single rounding flip a row's weight.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 
 from .concepts import ConceptSet
 from .config import ScaPreConfig
+from .geometry import linalg_device, to_float64
 
 #: Below this standard deviation over rows the MI values count as tied (SPEC "Ties").
 MI_TIE_STD = 1e-6
@@ -28,6 +35,8 @@ EPS = 1e-8
 NOISE_BLOCK = 256
 #: Rows binned at a time in the entropy histogram (memory only; counts are exact either way).
 HIST_BLOCK = 256
+#: Precision of the noise draws and activations behind the statistics (see the module docstring).
+MEASURE_DTYPE = torch.float32
 
 
 def matrix_generator(seed: int, name: str, purpose: str, device: torch.device) -> torch.Generator:
@@ -99,8 +108,8 @@ def sampled_mutual_information(
     above = acts > tau
     n11 = above[..., :num_samples].sum(-1)  # positives above the median
     n10 = above[..., num_samples:].sum(-1)  # negatives above the median
-    table = _mi_table_f64(num_samples).to(device=w0.device, dtype=w0.dtype)
-    return table[n11, n10]
+    table = _mi_table_f64(num_samples).to(linalg_device(w0.device))
+    return table[n11.to(table.device), n10.to(table.device)]
 
 
 def expected_mutual_information(
@@ -108,10 +117,10 @@ def expected_mutual_information(
 ) -> torch.Tensor:
     """Population MI of the same binary channel (SPEC "Variance"): ``ln 2 - H_b(q)`` with
     ``q = Phi(|a - b| / (2 s))``, ``a = w_i.c_j``, ``b = w_i.e``, ``s = sigma ||w_i||``."""
-    a = w0 @ concept_vecs.T  # [o, m]
-    b = (w0 @ empty_vec).unsqueeze(1)  # [o, 1]
+    a = to_float64(w0 @ concept_vecs.T)  # [o, m]
+    b = to_float64(w0 @ empty_vec).unsqueeze(1)  # [o, 1]
     gap = (a - b).abs()
-    s = (sigma * torch.linalg.vector_norm(w0, dim=1)).unsqueeze(1)
+    s = (sigma * to_float64(torch.linalg.vector_norm(w0, dim=1))).unsqueeze(1)
     ln2 = math.log(2.0)
     x = gap / (2.0 * s)
     q, q_bar = torch.special.ndtr(x), torch.special.ndtr(-x)
@@ -165,6 +174,7 @@ def entropy_factor(
         # torch.histc on [0, 1] puts x in bin floor(x * bins) (the last bin also takes x = 1)
         index = (unit * bins).long().clamp_(0, bins - 1)
         hist[part].scatter_add_(1, index, torch.ones_like(unit))
+    hist = to_float64(hist)
     prob = hist / (hist.sum(dim=1, keepdim=True) + EPS)
     entropy = -(prob * (prob + EPS).log()).sum(dim=1)
     return 1.0 - entropy / math.log(bins)
@@ -238,7 +248,9 @@ def row_stats(
     with_weights: bool,
     with_entropy: bool,
 ) -> RowStats:
-    """Informax weights and/or entropy factor of one matrix ``w0`` (already in compute dtype)."""
+    """Informax weights and/or entropy factor of one matrix ``w0``, measured in float32 (module docstring);
+    the results are float64 (on the CPU for backends without float64)."""
+    w0, concepts_vecs, empty_vec = (t.to(MEASURE_DTYPE) for t in (w0, concepts_vecs, empty_vec))
     weights = None
     if with_weights and config.use_informax:
         if config.mi_estimator == "expected":

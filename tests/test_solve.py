@@ -168,14 +168,16 @@ def test_shared_guides_are_projected_once_and_match_naive(technique):
 
 @pytest.mark.parametrize("technique", ["replace", "tensor"])
 def test_data_term_in_concept_blocks_matches_naive(technique):
-    """More erase prompts than one block (CONCEPT_BLOCK): the blocked sum equals the plain one."""
+    """More erase prompts than one block (CONCEPT_BLOCK): the blocked sum equals the plain one
+    (``data_term`` returns it in the eigenbasis of ``G0``; rotated back here)."""
     from scapre_core.solve import CONCEPT_BLOCK, data_term
 
     m = CONCEPT_BLOCK * 2 + 17
     concepts, raw = random_concepts(m, dim=12, length=6, seed=31, guided=True, dtype=F64)
-    cfg = ScaPreConfig(precision="float64")
+    cfg = ScaPreConfig(precision="float64", technique=technique)
     w0 = random_weights({"w": (7, 12)}, seed=4, dtype=F64)["w"]
     weights = _stats(7, m, seed=2).row_weights
-    ours = data_term(w0, prepare_text_side(concepts, cfg, torch.device("cpu"), F64), weights, 2.0, technique)
+    text = prepare_text_side(concepts, cfg, torch.device("cpu"), F64)
+    ours = data_term(w0, text, weights, 2.0, technique) @ text.basis.T
     _, xs, ys, _ = _naive_inputs(raw)
     assert _rel(ours, naive.data_term(w0, xs, ys, weights, 2.0, technique)) < 1e-12
