@@ -3,8 +3,8 @@
 Prints one JSON line per case::
 
     case, device, matrices, concepts, d, seconds, solve_seconds, naive_seconds, speedup,
-    whole_edit_speedup, rel_diff_vs_naive, rel_err_vs_float64, weights_mb, peak_rss_mb (or peak_cuda_mb),
-    peak_above_weights_mb
+    whole_edit_speedup, rel_diff_vs_naive, solve_rel_err_vs_float64, rel_err_vs_float64, weights_mb,
+    peak_rss_mb (or peak_cuda_mb), peak_above_weights_mb
 
 * ``seconds``: the whole ``scapre_core.erase`` call (text statistics, Informax weights, entropy, data
   term, solve, Bures) with the default scale-variant config, float32.
@@ -16,19 +16,30 @@ Prints one JSON line per case::
 * ``whole_edit_speedup``: the whole edit with the per-row solve in place of ours, over the whole edit
   (``(seconds - solve_seconds + naive_seconds) / seconds``); every other part as fast as ours, so
   this understates what the reference code takes.
-* ``rel_diff_vs_naive``: our rows against that per-row solve (same precision); ``rel_err_vs_float64``
-  against a float64 per-row solve.
+* ``rel_diff_vs_naive``: our rows against that per-row solve (same precision); ``solve_rel_err_vs_float64``
+  our solved rows against a float64 per-row solve.
+* ``rel_err_vs_float64``: the whole default float32 edit against the float64 edit (``precision="float64"``)
+  of the same weights, relative to the edit (``||W32 - W64|| / ||W64 - W0||``, worst matrix; one
+  matrix per shape).
+
+The text is CLIP-like (``tests/helpers.py: clip_like_concepts``): token norms near 28, a few outlier
+dimensions 20-40x the typical entry (``*_clipg`` cases: 20-100x, as in CLIP-G), end and padding
+tokens shared by every prompt up to a small drift. That makes ``G`` as ill-conditioned as with a real
+text encoder (eigenvalues ~1e6-1e7 times lambda).
 
 Each case runs in a fresh subprocess so that peak memory is its own. Usage::
 
     python benchmarks/bench_solve.py                  # all CPU cases
-    python benchmarks/bench_solve.py --cases sd15 --device cuda
+    python benchmarks/bench_solve.py --cases sd15_50 --device cuda
+    python benchmarks/bench_solve.py --exactness-only # only rel_err_vs_float64 (public API only: it also
+                                                      # runs against another checkout with SCAPRE_ROOT=...)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -38,12 +49,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, os.environ.get("SCAPRE_ROOT", str(ROOT)))
 
-from scapre_core import ConceptSet, ScaPreConfig, erase  # noqa: E402
-from scapre_core.erase import edit_matrix  # noqa: E402, F401
-from scapre_core.informax import row_stats  # noqa: E402
-from scapre_core.solve import data_term, prepare_text_side, solve_rows  # noqa: E402
+from helpers import clip_like_concepts  # noqa: E402
+
+from scapre_core import ScaPreConfig, erase  # noqa: E402
 
 TOKENS = 77
 
@@ -67,21 +78,13 @@ def sdxl_shapes() -> dict[str, tuple[int, int]]:
             for b, n, o in groups for t in range(n) for kv in "kv"}
 
 
+#: name: (shapes, concepts, outlier dimensions in multiples of the typical entry)
 CASES = {
-    "sd15_50": (sd15_shapes, 50),
-    "sdxl_50": (sdxl_shapes, 50),
-    "sdxl_1000": (sdxl_shapes, 1000),
+    "sd15_50": (sd15_shapes, 50, (20.0, 40.0)),
+    "sdxl_50": (sdxl_shapes, 50, (20.0, 40.0)),
+    "sdxl_50_clipg": (sdxl_shapes, 50, (20.0, 40.0, 70.0, 100.0)),
+    "sdxl_1000": (sdxl_shapes, 1000, (20.0, 40.0)),
 }
-
-
-def synthetic_concepts(m: int, d: int, seed: int = 0) -> ConceptSet:
-    """``m`` erase prompts of 77 tokens (last word at 1..4), empty guides; unit-variance
-    entries give token norms near CLIP's (~sqrt(d))."""
-    g = torch.Generator().manual_seed(seed)
-    erase_seqs = [torch.randn(TOKENS, d, generator=g) for _ in range(m)]
-    empty = torch.randn(TOKENS, d, generator=g)
-    last = [int(v) for v in torch.randint(1, 5, (m,), generator=g)]
-    return ConceptSet.from_embeddings(erase_seqs, last, [empty] * m, [0] * m, empty)
 
 
 def synthetic_weights(shapes: dict[str, tuple[int, int]], device: str, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -96,7 +99,9 @@ def _sync(device: str) -> None:
 
 def naive_rows(w0, text, stats, cfg, concepts, rows: int, dtype):
     """The reference solve for the first ``rows`` rows: one Cholesky per row. Returns
-    (seconds per row, solved rows, our rows)."""
+    (seconds per row, seconds of our batched solve, naive rows, float64 naive rows, our rows)."""
+    from scapre_core.solve import data_term, rhs_eig, solve_rows
+
     dev = w0.device
     lin = torch.float64
     d = w0.shape[1]
@@ -106,10 +111,10 @@ def naive_rows(w0, text, stats, cfg, concepts, rows: int, dtype):
     g = ((cfg.lam + mu) * torch.eye(d, dtype=lin, device=dev) + c @ c.T + s_mat)
     proj = c @ torch.linalg.inv(c.T @ c + 1e-8 * torch.eye(c.shape[1], dtype=lin, device=dev)) @ c.T
     row_w = stats.weights_or_ones(w0.shape[0], c.shape[1], w0)
-    v = data_term(w0, text, row_w, cfg.erase_scale, cfg.technique)
-    rhs = (cfg.lam + mu) * w0 + v
+    rhs_e = rhs_eig(w0, text, data_term(w0, text, row_w, cfg.erase_scale, cfg.technique), cfg.lam + mu, 0.0)
+    rhs = rhs_e.to(lin) @ text.basis.to(lin).T  # b in the standard basis, for the per-row solves
     alpha = cfg.erase_scale * row_w.max(dim=1).values
-    ours = solve_rows(rhs, text, mu, alpha)[:rows]
+    ours = solve_rows(rhs_e, text, mu, alpha)[:rows]
     g_d, proj_d, rhs_d = g.to(dtype), proj.to(dtype), rhs.to(dtype)
     out = torch.empty(rows, d, dtype=dtype, device=dev)
     out64 = torch.empty(rows, d, dtype=lin, device=dev)
@@ -121,21 +126,53 @@ def naive_rows(w0, text, stats, cfg, concepts, rows: int, dtype):
     _sync(str(dev))
     per_row = (time.perf_counter() - start) / rows
     for i in range(rows):
-        out64[i] = torch.linalg.solve(g + float(alpha[i]) * proj, rhs[i].to(lin))
+        out64[i] = torch.linalg.solve(g + float(alpha[i]) * proj, rhs[i])
     _sync(str(dev))
     start = time.perf_counter()
-    solve_rows(rhs, text, mu, alpha)
+    solve_rows(rhs_e, text, mu, alpha)
     _sync(str(dev))
     ours_seconds = time.perf_counter() - start
     return per_row, ours_seconds, out, out64, ours
 
 
-def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
-    shapes_fn, m = CASES[name]
+def one_per_shape(shapes: dict[str, tuple[int, int]]) -> list[str]:
+    seen: dict[tuple[int, int], str] = {}
+    for key, shape in shapes.items():
+        seen.setdefault(shape, key)
+    return list(seen.values())
+
+
+def exactness(weights, concepts, cfg, keys: list[str], device: str, out32=None) -> float:
+    """Worst ``||W32 - W64|| / ||W64 - W0||`` over ``keys`` (public ``erase`` only)."""
+    subset = {k: weights[k] for k in keys}
+    if out32 is None:
+        out32 = erase(subset, concepts, cfg, device=device)
+    ref = erase({k: w.double() for k, w in subset.items()}, concepts, cfg.replace(precision="float64"),
+                device=device)
+    return max(float((out32[k].double() - ref[k]).norm() / (ref[k] - subset[k].double()).norm()) for k in keys)
+
+
+def case_inputs(name: str, device: str):
+    shapes_fn, m, outliers = CASES[name]
     shapes = shapes_fn()
     d = next(iter(shapes.values()))[1]
-    concepts = synthetic_concepts(m, d)
-    weights = synthetic_weights(shapes, device)
+    return shapes, m, d, clip_like_concepts(m, d, outliers=outliers), synthetic_weights(shapes, device)
+
+
+def run_exactness(name: str, device: str) -> dict:
+    shapes, m, d, concepts, weights = case_inputs(name, device)
+    keys = one_per_shape(shapes)
+    weights = {k: weights[k].float() for k in keys}
+    cfg = ScaPreConfig()
+    return {"case": name, "device": device, "matrices": len(keys), "concepts": m, "d": d,
+            "rel_err_vs_float64": exactness(weights, concepts, cfg, keys, device)}
+
+
+def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
+    from scapre_core.informax import row_stats
+    from scapre_core.solve import prepare_text_side
+
+    shapes, m, d, concepts, weights = case_inputs(name, device)
     weights_mb = sum(w.numel() * w.element_size() for w in weights.values()) / 2**20
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
@@ -154,9 +191,8 @@ def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
     dtype = torch.float32
     text = prepare_text_side(concepts, cfg, torch.device(device), dtype)
     per_row_by_shape, solve_by_shape, diffs, errs = {}, {}, [], []
-    for key, shape in shapes.items():
-        if shape in per_row_by_shape:
-            continue
+    for key in one_per_shape(shapes):
+        shape = shapes[key]
         w0 = weights[key].to(device=device, dtype=dtype)
         stats = row_stats(key, w0, text.concept_vecs, text.empty_vec, cfg, with_weights=True, with_entropy=True)
         per_row, ours_seconds, naive32, naive64, ours = naive_rows(w0, text, stats, cfg, concepts,
@@ -166,13 +202,17 @@ def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
         errs.append(float((ours.double() - naive64).norm() / naive64.norm()))
     naive_seconds = sum(per_row_by_shape[s] * s[0] for s in shapes.values())
     solve_seconds = sum(solve_by_shape[s] for s in shapes.values())
+    keys = one_per_shape(shapes)
+    # the float32 edit of fp16 weights is compared on float32 copies (same values) against float64
+    exact = exactness({k: weights[k].float() for k in keys}, concepts, cfg, keys, device)
     return {
         "case": name, "device": device, "matrices": len(shapes), "concepts": m, "d": d,
         "seconds": round(seconds, 3), "solve_seconds": round(solve_seconds, 3),
         "naive_seconds": round(naive_seconds, 1),
         "speedup": round(naive_seconds / solve_seconds, 1),
         "whole_edit_speedup": round((seconds - solve_seconds + naive_seconds) / seconds, 1),
-        "rel_diff_vs_naive": max(diffs), "rel_err_vs_float64": max(errs),
+        "rel_diff_vs_naive": max(diffs), "solve_rel_err_vs_float64": max(errs),
+        "rel_err_vs_float64": exact,
         "weights_mb": round(weights_mb, 1),
         "peak_rss_mb" if not device.startswith("cuda") else "peak_cuda_mb": round(peak, 1),
         "peak_above_weights_mb": round(peak - (rss_before if not device.startswith("cuda") else weights_mb), 1),
@@ -185,14 +225,18 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--naive-rows", type=int, default=4, help="rows per shape timed with the per-row solve")
+    parser.add_argument("--exactness-only", action="store_true",
+                        help="only rel_err_vs_float64, through the public erase API (no timing)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.device, args.naive_rows)), flush=True)
+        result = (run_exactness(args.one, args.device) if args.exactness_only
+                  else run_case(args.one, args.device, args.naive_rows))
+        print(json.dumps(result), flush=True)
         return
     for case in args.cases:
         cmd = [sys.executable, __file__, "--one", case, "--device", args.device, "--naive-rows", str(args.naive_rows)]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd + (["--exactness-only"] if args.exactness_only else []), check=True)
 
 
 if __name__ == "__main__":
