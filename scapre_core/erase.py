@@ -18,7 +18,7 @@ from .config import ScaPreConfig
 from .geometry import bures_step, egbr
 from .informax import InformaxResult, RowStats, row_stats, weight_checksum
 from .solve import TextSide, data_term, prepare_text_side, solve_rows
-from .validation import check_weight
+from .validation import check_row_stats, check_weight
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,7 @@ def check_inputs(weights: Mapping[str, torch.Tensor], concepts: ConceptSet) -> l
         raise ValueError("no weights to edit: give at least one [out, in] key/value projection")
     names = list(weights)
     for name in names:
-        w = weights[name]
-        check_weight(name, w, concepts.dim)
-        probe = w.detach().to(torch.float32) if w.element_size() == 1 else w.detach()
-        if not bool(torch.isfinite(probe).all()):
-            raise ValueError(f"weight {name!r} has non-finite values (NaN or inf); load an intact model")
+        check_weight(name, weights[name], concepts.dim)
     return names
 
 
@@ -94,6 +90,7 @@ def _iter_matrices(
 def edit_matrix(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     """The edited matrix for one original ``w0`` (compute precision), by ``config.variant``."""
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
+    check_row_stats(stats, config, rows, m)
     if config.variant == "uce":
         row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
     else:
