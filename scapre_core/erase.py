@@ -18,7 +18,7 @@ from .config import ScaPreConfig
 from .geometry import bures_change, egbr_change, to_float64
 from .informax import InformaxResult, RowStats, row_stats, weight_checksum
 from .solve import TextSide, data_term, prepare_text_side, rhs_eig, solve_rows
-from .validation import check_weight
+from .validation import check_row_stats, check_weight
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,7 @@ def check_inputs(weights: Mapping[str, torch.Tensor], concepts: ConceptSet) -> l
         raise ValueError("no weights to edit: give at least one [out, in] key/value projection")
     names = list(weights)
     for name in names:
-        w = weights[name]
-        check_weight(name, w, concepts.dim)
-        probe = w.detach().to(torch.float32) if w.element_size() == 1 else w.detach()
-        if not bool(torch.isfinite(probe).all()):
-            raise ValueError(f"weight {name!r} has non-finite values (NaN or inf); load an intact model")
+        check_weight(name, weights[name], concepts.dim)
     return names
 
 
@@ -97,6 +93,7 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
     Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
     from per-row float64 scalars), so that it is accurate relative to itself, not to the weight."""
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
+    check_row_stats(stats, config, rows, m)
     if config.variant == "uce":
         row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
     else:

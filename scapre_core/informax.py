@@ -25,6 +25,7 @@ import torch
 from .concepts import ConceptSet
 from .config import ScaPreConfig
 from .geometry import linalg_device, to_float64
+from .validation import check_row_stats
 
 #: Below this standard deviation over rows the MI values count as tied (SPEC "Ties").
 MI_TIE_STD = 1e-6
@@ -225,6 +226,8 @@ class InformaxResult:
         if missing:
             raise ValueError(f"the Informax result has no row weights for {len(missing)} matrices "
                              f"(e.g. {missing[0]!r}); compute it on the same model")
+        for n in names:
+            check_row_stats(self.stats[n], config, self.shapes[n][0], concepts.num_concepts, repr(n))
 
     def check_weight(self, name: str, w0: torch.Tensor) -> None:
         if tuple(self.shapes[name]) != tuple(w0.shape) or self.checksums.get(name) != weight_checksum(w0):

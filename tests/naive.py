@@ -155,3 +155,74 @@ def histogram_entropy_factor(acts_row, bins):
     p = hist / (hist.sum() + 1e-8)
     h = -(p * (p + 1e-8).log()).sum()
     return float(1 - h / math.log(bins))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampled Informax, restated row by row (SPEC "Informax row weights", "Entropy factor").
+# The noise is drawn the way the library documents it: one generator per (seed, matrix, purpose),
+# seeded from the first 8 bytes (little endian, top bit cleared) of sha256("seed\0name\0purpose");
+# "informax" draws all positives [m, K, d], then all negatives [m, K, d]; "entropy" draws
+# [m, N, d]; each in calls of at most 256 concepts.
+# ------------------------------------------------------------------------------------------------
+
+DRAW_BLOCK = 256
+
+
+def seeded_generator(seed, name, purpose):
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\x00{name}\x00{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def draw_noise(generator, m, count, d, dtype):
+    """``[m, count, d]`` standard normal draws, in calls of at most DRAW_BLOCK concepts."""
+    parts = [torch.randn(min(DRAW_BLOCK, m - s), count, d, generator=generator, dtype=dtype)
+             for s in range(0, m, DRAW_BLOCK)]
+    return torch.cat(parts)
+
+
+def informax_noise(seed, name, m, k, d, dtype):
+    """(positive noise, negative noise), each ``[m, K, d]``, as the library draws them for one matrix."""
+    gen = seeded_generator(seed, name, "informax")
+    return draw_noise(gen, m, k, d, dtype), draw_noise(gen, m, k, d, dtype)
+
+
+def entropy_noise(seed, name, m, n, d, dtype):
+    return draw_noise(seeded_generator(seed, name, "entropy"), m, n, d, dtype)
+
+
+def sampled_mi(w0, cs, e, sigma, pos_noise, neg_noise):
+    """``I[i, j]`` from K noisy positives c_j + sigma z and K noisy negatives e + sigma z', binarised at
+    each row's lower median with a strict '>' (float64, one row and concept at a time)."""
+    rows, m, k = w0.shape[0], len(cs), pos_noise.shape[1]
+    mi = torch.empty(rows, m, dtype=F64)
+    labels = [1] * k + [0] * k
+    for j in range(m):
+        samples = [cs[j].to(F64) + sigma * pos_noise[j, s].to(F64) for s in range(k)]
+        samples += [e.to(F64) + sigma * neg_noise[j, s].to(F64) for s in range(k)]
+        for i in range(rows):
+            acts = [float(w0[i].to(F64) @ x) for x in samples]
+            tau = sorted(acts)[(2 * k - 1) // 2]
+            mi[i, j] = mutual_information([int(a > tau) for a in acts], labels)
+    return mi
+
+
+def soft_mask(mi, temperature, power):
+    """``sigmoid(z / T)^p``, z standardised over rows (unbiased std + 1e-8; tied when std <= 1e-6)."""
+    out = torch.empty_like(mi)
+    for j in range(mi.shape[1]):
+        col = [float(v) for v in mi[:, j]]
+        mean = sum(col) / len(col)
+        std = math.sqrt(sum((v - mean) ** 2 for v in col) / (len(col) - 1))
+        for i, v in enumerate(col):
+            z = 0.0 if std <= 1e-6 else (v - mean) / (std + 1e-8)
+            out[i, j] = (1.0 / (1.0 + math.exp(-z / temperature))) ** power
+    return out
+
+
+def sampled_entropy(w0, cs, sigma, noise, bins):
+    """``e_i`` from the activations on c_j + sigma z for every concept and draw."""
+    samples = [cs[j].to(F64) + sigma * noise[j, s].to(F64) for j in range(len(cs)) for s in range(noise.shape[1])]
+    acts = torch.stack([w0.to(F64) @ x for x in samples], dim=1)  # [o, m * N]
+    return torch.tensor([histogram_entropy_factor(acts[i], bins) for i in range(w0.shape[0])], dtype=F64)

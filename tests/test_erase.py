@@ -157,7 +157,11 @@ def test_edit_moves_erased_contexts_towards_the_guide():
 BAD_WEIGHTS = {
     "width": ({"a": torch.randn(8, 12)}, "input width 12 but the text embeddings have width 16"),
     "vector": ({"a": torch.randn(16)}, "matrix"),
-    "nan": ({"a": torch.full((8, 16), float("nan"))}, "non-finite"),
+    "nan": ({"a": torch.full((8, 16), float("nan"))}, r"128 non-finite value\(s\) \(NaN\).*load an intact model"),
+    "inf": ({"a": torch.eye(8, 16).index_put((torch.tensor([2]), torch.tensor([3])), torch.tensor(float("inf")))},
+            r"'a' has 1 non-finite value\(s\) \(inf\).*load an intact model"),
+    "-inf half": ({"a": torch.full((8, 16), -float("inf"), dtype=torch.float16)}, r"128 non-finite value\(s\) \(inf\)"),
+    "zero rows": ({"a": torch.zeros(0, 16)}, r"'a' has no output rows \(shape \[0, 16\]\).*leave it out"),
     "integer": ({"a": torch.ones(8, 16, dtype=torch.int32)}, "floating"),
     "not a tensor": ({"a": [[0.0] * 16]}, "torch.Tensor"),
 }
@@ -192,3 +196,57 @@ def test_explicit_compute_device_returns_to_source_device():
     weights = random_weights(SHAPES)
     out = erase(weights, concepts, device="cpu")
     assert _bits_equal(out, erase(weights, concepts))
+
+
+def _text(concepts, cfg):
+    from scapre_core.solve import prepare_text_side
+
+    return prepare_text_side(concepts, cfg, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("overrides,needs", [(dict(), "mu_from_entropy needs them"),
+                                             (dict(egbr=True, mu_from_entropy=False), "egbr needs them"),
+                                             (dict(variant="small"), "the small variant's rollback needs them")])
+def test_edit_without_entropy_factors_says_what_to_change(overrides, needs):
+    from scapre_core import RowStats, edit_matrix
+
+    concepts, _ = random_concepts(3, dim=16)
+    w0 = random_weights({"w": (8, 16)})["w"]
+    cfg = ScaPreConfig(**overrides)
+    stats = RowStats(row_weights=torch.full((8, 3), 0.25), entropy=None)
+    message = rf"no entropy factors were given .*{needs}.*turn mu_from_entropy and egbr off"
+    with pytest.raises(ValueError, match=message):
+        edit_matrix(w0, _text(concepts, cfg), stats, cfg)
+    # with a constant mu and no EGBR the scale variant needs no entropy at all
+    plain = ScaPreConfig(mu_from_entropy=False)
+    assert torch.isfinite(edit_matrix(w0, _text(concepts, plain), stats, plain)).all()
+
+
+def test_row_stats_of_the_wrong_shape_or_not_finite_are_refused():
+    from scapre_core import RowStats, edit_matrix
+
+    concepts, _ = random_concepts(3, dim=16)
+    w0 = random_weights({"w": (8, 16)})["w"]
+    cfg = ScaPreConfig()
+    text = _text(concepts, cfg)
+    with pytest.raises(ValueError, match=r"row weights of the matrix have shape \[8, 2\] but the edit needs \[8, 3\]"):
+        edit_matrix(w0, text, RowStats(torch.ones(8, 2), torch.zeros(8)), cfg)
+    with pytest.raises(ValueError, match=r"entropy factors of the matrix have shape \[7\] but the edit needs \[8\]"):
+        edit_matrix(w0, text, RowStats(torch.ones(8, 3), torch.zeros(7)), cfg)
+    with pytest.raises(ValueError, match="entropy factors of the matrix has 1 non-finite"):
+        edit_matrix(w0, text, RowStats(torch.ones(8, 3), torch.tensor([0.5] * 7 + [float("nan")])), cfg)
+
+
+def test_precomputed_informax_without_entropy_is_refused_before_any_work():
+    import dataclasses
+
+    from scapre_core import RowStats
+
+    concepts, _ = random_concepts(3, dim=16)
+    weights = random_weights(SHAPES)
+    info = informax_weights(weights, concepts)
+    stripped = dataclasses.replace(info, stats={k: RowStats(s.row_weights, None) for k, s in info.stats.items()})
+    calls = []
+    with pytest.raises(ValueError, match=r"no entropy factors were given for 'down.to_k'.*mu_from_entropy"):
+        erase(weights, concepts, informax=stripped, progress=lambda *a: calls.append(a))
+    assert calls == []
