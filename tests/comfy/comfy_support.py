@@ -610,8 +610,8 @@ class ComfyServer:
         self.log_path = self.workdir / "server.log"
         self.startup_seconds: float | None = None
         self.client_id = uuid.uuid4().hex
-        for d in (self.output_dir, self.input_dir, self.user_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.output_dir, self.input_dir, self.user_dir, self.workdir / "custom_nodes"):
+            d.mkdir(parents=True, exist_ok=True)  # main.py lists <base>/custom_nodes at start-up
         folders = {kind: list(dirs) for kind, dirs in (model_dirs or {}).items()}
         if custom_nodes_dir is not None:
             folders.setdefault("custom_nodes", []).append(custom_nodes_dir)
