@@ -32,7 +32,7 @@ failed=0
 stage() {  # stage NAME COMMAND...: run it, time it, remember the result
     local name=$1 t0 rc
     shift
-    echo "=== ${name}"
+    echo "=== ${name}" >&2
     t0=$(date +%s)
     "$@"
     rc=$?
