@@ -9,7 +9,8 @@
 # ../shared/comfyui/*.tar.gz when that folder exists. With no source at all this is `python -m pytest -q`:
 # the ComfyUI tests skip with a reason (and fail when CI=true).
 #
-# Environment: PYTHON (python for the core tests, default `python`, else `python3`); SCAPRE_COMFY_LOCK (a file
+# Environment: PYTHON (python for the core tests; default the first host's venv, or `python` / `python3`
+# without a host; comfy_host.py runs with it too, or with `python`); SCAPRE_COMFY_LOCK (a file
 # that serialises ComfyUI suites machine-wide with flock, default /tmp/scapre-comfy.lock: one suite at a time,
 # an SDXL-family test needs ~13 GB of RAM); PYTEST_ADDOPTS as usual.
 set -uo pipefail
@@ -63,7 +64,9 @@ for src in "${sources[@]}"; do
 done
 rm -f "$printed"
 
-stage "core tests" "$PY" -m pytest -q --ignore=tests/comfy
+# The core tests once, with $PYTHON if set, else the first host's venv (torch 2.13.0 + the pack's requirements).
+CORE_PY=${PYTHON:-${hosts[0]:+${hosts[0]}/venv/bin/python}}
+stage "core tests" "${CORE_PY:-$PY}" -m pytest -q --ignore=tests/comfy
 
 # One lock for all host suites: never two at once on this machine, and no waiting between them.
 if [ ${#hosts[@]} -gt 0 ] && command -v flock > /dev/null; then
