@@ -588,8 +588,10 @@ def write_extra_model_paths(path: Path, folders: Mapping[str, list[Path]]) -> Pa
 class ComfyServer:
     """``main.py`` run from a ComfyUI checkout in a subprocess, with HTTP helpers.
 
-    Nothing is written into the checkout: output, temp, input and user directories and the database live
-    under ``workdir``; models and this pack come in through an ``--extra-model-paths-config`` YAML
+    Nothing is written into the checkout: ``--base-directory workdir`` moves its models, custom_nodes, output,
+    temp, input and user folders there (so a ``custom_nodes/comfyui-scapre`` link in the checkout, which may
+    point at another copy of the pack, is not loaded too), and the database lives there; models and this pack
+    come in through an ``--extra-model-paths-config`` YAML
     (``checkpoints:`` and ``custom_nodes:`` keys). ``--disable-all-custom-nodes --whitelist-custom-nodes
     comfyui-scapre`` keeps the user's other custom nodes out, ``--disable-api-nodes`` the API nodes.
     """
@@ -608,14 +610,15 @@ class ComfyServer:
         self.log_path = self.workdir / "server.log"
         self.startup_seconds: float | None = None
         self.client_id = uuid.uuid4().hex
-        for d in (self.output_dir, self.input_dir, self.user_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.output_dir, self.input_dir, self.user_dir, self.workdir / "custom_nodes"):
+            d.mkdir(parents=True, exist_ok=True)  # main.py lists <base>/custom_nodes at start-up
         folders = {kind: list(dirs) for kind, dirs in (model_dirs or {}).items()}
         if custom_nodes_dir is not None:
             folders.setdefault("custom_nodes", []).append(custom_nodes_dir)
         self.extra_paths_yaml = write_extra_model_paths(self.workdir / "extra_model_paths.yaml", folders)
         self.args = [
             "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+            "--base-directory", str(self.workdir),
             "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
             "--temp-directory", str(self.workdir), "--user-directory", str(self.user_dir),
             "--database-url", f"sqlite:///{self.workdir / 'comfyui.db'}",

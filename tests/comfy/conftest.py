@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real ComfyUI (tier 2). Everything here skips without ``COMFYUI_PATH``.
+"""Fixtures for tests against a real ComfyUI (tier 2). Everything here skips without ``COMFYUI_PATH``, except
+with ``CI=true``, where every skip in this folder is reported as a failure (CI must run them all).
 
 Run (from the repo root, with the ComfyUI checkout's own python so in-process imports work)::
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,15 +43,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     marker = pytest.mark.skip(reason=_SKIP_REASON)
     for item in items:
-        if _HERE == Path(item.path).resolve().parent or _HERE in Path(item.path).resolve().parents:
+        if _in_this_folder(item):
             item.add_marker(marker)
+
+
+def _in_this_folder(item: pytest.Item) -> bool:
+    path = Path(item.path).resolve()
+    return _HERE == path.parent or _HERE in path.parents
+
+
+def skips_fail() -> bool:
+    """In CI (``CI=true``) a ComfyUI test must run: a skip here (no host, no Chromium, ...) is a failure."""
+    return os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Attach the ComfyUI server log tail to the report of a failing test that used ``comfy_server``."""
+    """Attach the ComfyUI server log tail to the report of a failing test that used ``comfy_server``; with
+    ``CI=true``, turn a skip of a test in this folder into a failure that keeps the skip's reason."""
     outcome = yield
     report = outcome.get_result()
+    if report.skipped and skips_fail() and _in_this_folder(item) and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but CI=true requires every ComfyUI test to run: {reason}"
     if report.failed and "comfy_server" in getattr(item, "fixturenames", ()) and _SERVERS:
         report.sections.append(("ComfyUI server log (tail)", _SERVERS[-1].log_tail()))
 
