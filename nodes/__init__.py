@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .compare import ScaPreCompare
 from .encode import ScaPreConceptEncode
 from .erase import ScaPreErase, ScaPreInformax
 from .report import ScaPreReport
@@ -16,6 +17,7 @@ NODES: list[type[io.ComfyNode]] = [
     ScaPreReport,
     ScaPreSaveLoRA,
     ScaPreSaveCheckpoint,
+    ScaPreCompare,
 ]
 
 
