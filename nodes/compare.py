@@ -298,5 +298,5 @@ class ScaPreCompare(io.ComfyNode):
         images = torch.cat([torch.cat([originals[i], edits[i]]) for i in range(len(items))])
         log.info("ScaPreCompare: %d prompt(s), erasure %s, retention %s", len(items), _fmt(result["erasure"]),
                  _fmt(result["retention"]))
-        return io.NodeOutput(grid, images, table, ui={"scapre_compare": [result], "text": [table]})
+        return io.NodeOutput(grid, images, table, ui={"scapre_compare": [result]})
 

@@ -36,7 +36,7 @@ def _nodes_of(prompt: dict, class_type: str) -> list[str]:
 def test_pack_nodes_are_served(comfy_server):
     ids = set(comfy_server.node_ids("ScaPre"))
     assert ids == {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreErase", "ScaPreReport", "ScaPreSaveLoRA",
-                   "ScaPreSaveCheckpoint"}
+                   "ScaPreSaveCheckpoint", "ScaPreCompare"}
     info = comfy_server.object_info("ScaPreErase")["ScaPreErase"]
     assert info["category"] == "ScaPre" and info["description"]
     required = info["input"]["required"]
@@ -77,3 +77,28 @@ def test_bad_input_reports_our_message_and_the_server_keeps_serving(comfy_server
     for node_id in _nodes_of(prompt, "ScaPreSaveCheckpoint") + _nodes_of(prompt, "CheckpointSave"):
         del prompt[node_id]  # keep the rerun light
     assert comfy_server.run(prompt, timeout=1500)["status"]["status_str"] == "success"
+
+
+def test_compare_workflow_runs_over_http(comfy_server, sd15_ckpt_path):
+    """The example erase graph plus ScaPre Compare (original vs edited) and a Preview Image of its grid."""
+    prompt = _example_prompt(comfy_server, sd15_ckpt_path.name)
+    for node_id in (_nodes_of(prompt, "ScaPreSaveCheckpoint") + _nodes_of(prompt, "CheckpointSave")
+                    + _nodes_of(prompt, "ScaPreSaveLoRA")):
+        del prompt[node_id]
+    (loader,) = _nodes_of(prompt, "CheckpointLoaderSimple")
+    (encode,) = _nodes_of(prompt, "ScaPreConceptEncode")
+    (erase,) = _nodes_of(prompt, "ScaPreErase")
+    prompt["900"] = {"class_type": "ScaPreCompare", "inputs": {
+        "original": [loader, 0], "edited": [erase, 0], "clip": [loader, 1], "vae": [loader, 2],
+        "concepts": [encode, 0], "erased_prompts": "", "kept_prompts": "a red car", "seed": 3,
+        "images_per_prompt": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+        "width": 64, "height": 64, "classifiers": "off"}}
+    prompt["901"] = {"class_type": "PreviewImage", "inputs": {"images": ["900", 0]}}
+    entry = comfy_server.run(prompt, timeout=1500)
+    (result,) = entry["outputs"]["900"]["scapre_compare"]
+    kinds = {p["kind"] for p in result["prompts"]}
+    assert kinds == {"erased", "kept"} and result["erasure"] > 0
+    assert all(0 <= p["change"] <= 1 for p in result["prompts"])
+    saved = Path(comfy_server.output_dir) / result["file"]
+    assert saved.is_file() and json.loads(saved.read_text())["erasure"] == result["erasure"]
+    assert entry["outputs"]["901"]["images"]

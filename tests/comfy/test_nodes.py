@@ -16,7 +16,7 @@ import pytest
 log = logging.getLogger("scapre.comfy_tests")
 
 NODE_IDS = {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreErase", "ScaPreReport", "ScaPreSaveLoRA",
-            "ScaPreSaveCheckpoint"}
+            "ScaPreSaveCheckpoint", "ScaPreCompare"}
 PACK_ROOT = comfy_support.PACK_ROOT
 
 
