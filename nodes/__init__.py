@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .compare import ScaPreCompare
 from .encode import ScaPreConceptEncode
 from .erase import ScaPreErase, ScaPreEraseSimple, ScaPreInformax, ScaPreSettings
 from .report import ScaPreReport
@@ -18,6 +19,7 @@ NODES: list[type[io.ComfyNode]] = [
     ScaPreReport,
     ScaPreSaveLoRA,
     ScaPreSaveCheckpoint,
+    ScaPreCompare,
 ]
 
 

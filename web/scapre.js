@@ -243,6 +243,25 @@ function watchEncode(node) {
     refreshEncode(node);
 }
 
+// ScaPreCompare's ui.scapre_compare (nodes/compare.py)
+export function describeCompare(c) {
+    if (!c || typeof c !== "object") return str(c);
+    const prompts = Array.isArray(c.prompts) ? c.prompts : [];
+    const count = (kind) => prompts.filter((p) => p.kind === kind).length;
+    const lines = [
+        `erasure ${num(c.erasure)} (${plural(count("erased"), "erased prompt")}) · retention ${num(c.retention)} ` +
+        `(${plural(count("kept"), "kept prompt")}) · gap ${num(c.gap)}`,
+    ];
+    for (const [name, figures] of Object.entries(c.classifiers ?? {})) {
+        for (const [what, v] of Object.entries(figures ?? {})) {
+            lines.push(`${name} ${what.replace(/_/g, " ")}: ${num(v?.edited)} (original ${num(v?.original)})`);
+        }
+    }
+    for (const note of Array.isArray(c.notes) ? c.notes : []) lines.push(`⚠ ${str(note)}`);
+    if (c.file) lines.push(`saved output/${str(c.file)}`);
+    return lines.join("\n");
+}
+
 // ------------------------------------------------------------------------------------------------
 // Registration
 // ------------------------------------------------------------------------------------------------
@@ -268,6 +287,11 @@ app.registerExtension({
             chain(proto, "onExecuted", function (message) {
                 const summary = message?.scapre_summary;
                 setInfo(this, describeSummary(Array.isArray(summary) ? summary[0] : summary));
+            });
+        } else if (id === "ScaPreCompare") {
+            chain(proto, "onExecuted", function (message) {
+                const result = message?.scapre_compare;
+                setInfo(this, describeCompare(Array.isArray(result) ? result[0] : result));
             });
         } else if (SHOW_TEXT.has(id)) {
             chain(proto, "onExecuted", function (message) { setInfo(this, messageText(message)); });

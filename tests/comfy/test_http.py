@@ -38,7 +38,7 @@ def _nodes_of(prompt: dict, class_type: str) -> list[str]:
 def test_pack_nodes_are_served(comfy_server):
     ids = set(comfy_server.node_ids("ScaPre"))
     assert ids == {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreEraseSimple", "ScaPreSettings", "ScaPreErase",
-                   "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint"}
+                   "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreCompare"}
     for node_id in ("ScaPreEraseSimple", "ScaPreSettings", "ScaPreErase"):
         info = comfy_server.object_info(node_id)[node_id]
         assert info["category"] == "ScaPre" and info["description"]
@@ -127,3 +127,28 @@ def test_legacy_workflow_still_loads_and_runs(comfy_server, sd15_ckpt_path):
     a, b = load_file(str(old_file)), load_file(str(new_file))
     assert set(a) == set(b) and len(a) == 32
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compare_workflow_runs_over_http(comfy_server, sd15_ckpt_path):
+    """The example erase graph plus ScaPre Compare (original vs edited) and a Preview Image of its grid."""
+    prompt = _example_prompt(comfy_server, sd15_ckpt_path.name)
+    for node_id in (_nodes_of(prompt, "ScaPreSaveCheckpoint") + _nodes_of(prompt, "CheckpointSave")
+                    + _nodes_of(prompt, "ScaPreSaveLoRA")):
+        del prompt[node_id]
+    (loader,) = _nodes_of(prompt, "CheckpointLoaderSimple")
+    (encode,) = _nodes_of(prompt, "ScaPreConceptEncode")
+    (erase,) = _nodes_of(prompt, "ScaPreEraseSimple")
+    prompt["900"] = {"class_type": "ScaPreCompare", "inputs": {
+        "original": [loader, 0], "edited": [erase, 0], "clip": [loader, 1], "vae": [loader, 2],
+        "concepts": [encode, 0], "erased_prompts": "", "kept_prompts": "a red car", "seed": 3,
+        "images_per_prompt": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+        "width": 64, "height": 64, "classifiers": "off"}}
+    prompt["901"] = {"class_type": "PreviewImage", "inputs": {"images": ["900", 0]}}
+    entry = comfy_server.run(prompt, timeout=1500)
+    (result,) = entry["outputs"]["900"]["scapre_compare"]
+    kinds = {p["kind"] for p in result["prompts"]}
+    assert kinds == {"erased", "kept"} and result["erasure"] > 0
+    assert all(0 <= p["change"] <= 1 for p in result["prompts"])
+    saved = Path(comfy_server.output_dir) / result["file"]
+    assert saved.is_file() and json.loads(saved.read_text())["erasure"] == result["erasure"]
+    assert entry["outputs"]["901"]["images"]
