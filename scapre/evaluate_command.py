@@ -305,6 +305,9 @@ def run(plan: EvalPlan, quiet: bool = False) -> list[str]:
     for sub in ("images", "records"):
         (plan.out / sub).mkdir(parents=True, exist_ok=True)
     tag = _check_run_file(plan, kind)
+    if not plan.erased:
+        log.warning("no erased concepts known (give --edit as a path to a ScaPre file, or --erased): every prompt "
+                    "counts as kept")
     todo = [row for row in plan.rows if load_record(plan.out, _key(row)) is None]
     log.info("%d of %d prompt(s) to render on %d server(s)%s", len(todo), len(plan.rows), len(servers),
              f" ({len(plan.rows) - len(todo)} done before)" if len(todo) < len(plan.rows) else "")
