@@ -113,7 +113,7 @@ export function describePlan(plan) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// ScaPreErase's ui.scapre_summary (EditReport.summary() in scapre_core/report.py)
+// ScaPreEraseSimple's and ScaPreErase's ui.scapre_summary (EditReport.summary() in scapre_core/report.py)
 // ------------------------------------------------------------------------------------------------
 
 const num = (value) => (typeof value === "number" && Number.isFinite(value) ? value.toFixed(3) : str(value) || "–");
@@ -243,11 +243,31 @@ function watchEncode(node) {
     refreshEncode(node);
 }
 
+// ScaPreCompare's ui.scapre_compare (nodes/compare.py)
+export function describeCompare(c) {
+    if (!c || typeof c !== "object") return str(c);
+    const prompts = Array.isArray(c.prompts) ? c.prompts : [];
+    const count = (kind) => prompts.filter((p) => p.kind === kind).length;
+    const lines = [
+        `erasure ${num(c.erasure)} (${plural(count("erased"), "erased prompt")}) · retention ${num(c.retention)} ` +
+        `(${plural(count("kept"), "kept prompt")}) · gap ${num(c.gap)}`,
+    ];
+    for (const [name, figures] of Object.entries(c.classifiers ?? {})) {
+        for (const [what, v] of Object.entries(figures ?? {})) {
+            lines.push(`${name} ${what.replace(/_/g, " ")}: ${num(v?.edited)} (original ${num(v?.original)})`);
+        }
+    }
+    for (const note of Array.isArray(c.notes) ? c.notes : []) lines.push(`⚠ ${str(note)}`);
+    if (c.file) lines.push(`saved output/${str(c.file)}`);
+    return lines.join("\n");
+}
+
 // ------------------------------------------------------------------------------------------------
 // Registration
 // ------------------------------------------------------------------------------------------------
 
 const SHOW_TEXT = new Set(["ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreReport"]);
+const ERASE_NODES = new Set(["ScaPreEraseSimple", "ScaPreErase"]); // ScaPre Erase, and its legacy form
 
 app.registerExtension({
     name: "scapre.ui",
@@ -263,10 +283,15 @@ app.registerExtension({
                 this.scapreInfo = null; // force a redraw of the text
                 refreshEncode(this);
             });
-        } else if (id === "ScaPreErase") {
+        } else if (ERASE_NODES.has(id)) {
             chain(proto, "onExecuted", function (message) {
                 const summary = message?.scapre_summary;
                 setInfo(this, describeSummary(Array.isArray(summary) ? summary[0] : summary));
+            });
+        } else if (id === "ScaPreCompare") {
+            chain(proto, "onExecuted", function (message) {
+                const result = message?.scapre_compare;
+                setInfo(this, describeCompare(Array.isArray(result) ? result[0] : result));
             });
         } else if (SHOW_TEXT.has(id)) {
             chain(proto, "onExecuted", function (message) { setInfo(this, messageText(message)); });

@@ -1,0 +1,302 @@
+"""ScaPreCompare: sample the same prompts with the same noise through the original and the edited
+MODEL and measure how much each prompt's images changed (``scapre_core.measures``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..scapre_core import classifiers as clf
+from ..scapre_core import measures
+from ..scapre_core.payloads import EncodedConcepts
+from .common import CATEGORY, Concepts, log
+from .grid import GridRow, render_pages
+
+CLASSIFIER_MODES = ("auto", "off", "nudenet", "imagenet", "both")
+OUTPUT_SUBFOLDER = "scapre"
+#: Original-model generations kept for a repeated run (one entry per distinct original/prompts/settings).
+CACHE_ENTRIES = 2
+_ORIGINALS: OrderedDict[tuple, tuple[Any, torch.Tensor]] = OrderedDict()
+
+
+def _model_key(model) -> tuple:
+    """What the original model's images depend on besides prompts and settings: its weights (the
+    module and its patches, ``patches_uuid`` changes with every ``add_patches``) and object patches."""
+    objects = tuple(sorted((k, id(v)) for k, v in getattr(model, "object_patches", {}).items()))
+    return id(model.model), str(getattr(model, "patches_uuid", id(model))), objects
+
+
+class _Sampler:
+    """One generation at a time through ComfyUI's own ``comfy.sample.sample`` (KSampler's semantics: an
+    empty latent, noise from ``prepare_noise(seed)``, denoise 1), decoded with the VAE."""
+
+    def __init__(self, clip, vae, steps, cfg, sampler_name, scheduler, width, height, step) -> None:
+        self.clip, self.vae = clip, vae
+        self.steps, self.cfg, self.sampler_name, self.scheduler = steps, cfg, sampler_name, scheduler
+        self.width, self.height = width, height
+        self.step = step
+        self._conds: dict[str, Any] = {}
+
+    def cond(self, text: str):
+        if text not in self._conds:
+            tokens = self.clip.tokenize(text)
+            self._conds[text] = self.clip.encode_from_tokens_scheduled(tokens)
+        return self._conds[text]
+
+    def __call__(self, model, prompt: str, seed: int) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        latent = torch.zeros([1, 4, self.height // 8, self.width // 8])
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = comfy.sample.prepare_noise(latent, seed)
+        samples = comfy.sample.sample(model, noise, self.steps, self.cfg, self.sampler_name, self.scheduler,
+                                      self.cond(prompt), self.cond(""), latent, denoise=1.0, disable_pbar=True,
+                                      seed=seed)
+        image = self.vae.decode(samples)
+        while image.ndim > 4:  # video VAEs add a frame axis
+            image = image.flatten(0, 1)
+        self.step()
+        return image[..., :3].float().clamp(0, 1).cpu()
+
+
+def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str) -> list[measures.ComparePrompt]:
+    erased, kept, concept_type = (), (), "object"
+    if concepts is not None:
+        if not isinstance(concepts, EncodedConcepts):
+            raise ValueError("concepts must come from a ScaPre Concept Encode node")
+        erased = concepts.plan.concepts
+        kept = (*concepts.plan.probes, *concepts.plan.preserve)
+        concept_type = concepts.concept_type or "object"
+    items = measures.compare_prompts(erased, kept, concept_type, erased_prompts or "", kept_prompts or "")
+    if not items:
+        raise ValueError("nothing to compare: connect concepts from ScaPre Concept Encode, or type erased or kept "
+                         "prompts (one per line)")
+    return items
+
+
+def _classifier_plan(mode: str, concepts, items) -> tuple[list[str], list[str]]:
+    """(measures to run, notes) for the classifier ``mode``; auto picks NudeNet for explicit concepts and
+    the ImageNet classifier when some compared concept is an ImageNet class."""
+    if mode == "off":
+        return [], []
+    wanted = []
+    if mode in ("nudenet", "both") or (mode == "auto" and getattr(concepts, "concept_type", "") == "explicit"):
+        wanted.append(clf.NUDENET)
+    if mode in ("imagenet", "both"):
+        wanted.append(clf.IMAGENET)
+    elif mode == "auto" and getattr(concepts, "concept_type", "object") in ("object", ""):
+        wanted.append(clf.IMAGENET)
+    run, notes = [], []
+    for name in wanted:
+        problem = clf.missing(name)
+        if problem is None:
+            run.append(name)
+        elif mode != "auto" or name == clf.NUDENET:
+            notes.append(f"not measured: {problem}")
+    if clf.IMAGENET in run and not any(clf.imagenet_class(i.concept or i.prompt) is not None
+                                               for i in items):
+        run.remove(clf.IMAGENET)
+        if mode != "auto":
+            notes.append("imagenet measure: no compared concept is an ImageNet class name")
+    return run, notes
+
+
+def _classify(run: list[str], record: dict, item, original: torch.Tensor, edited: torch.Tensor) -> None:
+    if clf.IMAGENET in run:
+        index = clf.imagenet_class(item.concept or item.prompt)
+        if index is not None:
+            record["imagenet_class"] = clf.imagenet_labels()[index] if clf.imagenet_labels() \
+                else str(index)
+            for side, images in (("original", original), ("edited", edited)):
+                top = clf.imagenet_top1(images)
+                record[f"imagenet_{side}"] = sum(t == index for t in top) / len(top)
+    if clf.NUDENET in run:
+        for side, images in (("original", original), ("edited", edited)):
+            counts = clf.exposed_counts(images)
+            record[f"nudenet_{side}"] = sum(counts) / len(counts)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = ["## ScaPre compare", "",
+             f"erasure {_fmt(result['erasure'])} (mean change of erased prompts, 0-1, higher: erased more) · "
+             f"retention {_fmt(result['retention'])} (1 - mean change of kept prompts, higher: kept more) · "
+             f"gap {_fmt(result['gap'])}", ""]
+    for name, figures in result.get("classifiers", {}).items():
+        parts = [f"{k.replace('_', ' ')}: edited {_fmt(v['edited'])}, original {_fmt(v['original'])}"
+                 for k, v in figures.items()]
+        lines += [f"{name}: " + "; ".join(parts), ""]
+    lines += [f"> {note}" for note in result.get("notes", [])]
+    if result.get("notes"):
+        lines.append("")
+    clip = any("clip_cosine" in p for p in result["prompts"])
+    lines += ["| kind | prompt | concept | change |" + (" clip cosine |" if clip else ""),
+              "|---|---|---|---:|" + ("---:|" if clip else "")]
+    for p in sorted(result["prompts"], key=lambda p: (p["kind"], -p["change"])):
+        row = f"| {p['kind']} | {p['prompt']} | {p.get('concept', '')} | {_fmt(p['change'])} |"
+        if clip:
+            row += f" {_fmt(p.get('clip_cosine'))} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _save_json(result: dict[str, Any]) -> str:
+    """Write the result to ``<output>/scapre/compare_NNNNN.json``; returns the path relative to output."""
+    folder = Path(folder_paths.get_output_directory()) / OUTPUT_SUBFOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for f in folder.iterdir() if (m := re.fullmatch(r"compare_(\d+)\.json", f.name))]
+    path = folder / f"compare_{max(taken, default=0) + 1:05d}.json"
+    path.write_text(json.dumps(result, indent=1, allow_nan=False), encoding="utf-8")
+    return f"{OUTPUT_SUBFOLDER}/{path.name}"
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class ScaPreCompare(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ScaPreCompare",
+            display_name="ScaPre Compare",
+            category=CATEGORY,
+            description="Does the edit work on your model? Samples the same prompts with the same noise through the "
+                        "original and the edited MODEL and measures how much each prompt's images changed (SSIM): "
+                        "erased prompts should change, kept prompts should not.",
+            inputs=[
+                io.Model.Input("original", tooltip="The model before the edit (e.g. the checkpoint loader's MODEL)."),
+                io.Model.Input("edited", tooltip="The edited model (e.g. ScaPre Erase's MODEL)."),
+                io.Clip.Input("clip", tooltip="The CLIP that encodes the prompts for both models."),
+                io.Vae.Input("vae", tooltip="The VAE that decodes both models' samples."),
+                Concepts.Input("concepts", optional=True,
+                               tooltip="Optional, from ScaPre Concept Encode: its concepts give erased prompts and "
+                                       "its probes and preserve prompts give kept prompts, each in evaluation "
+                                       "templates that differ from the erase prompts."),
+                io.String.Input("erased_prompts", multiline=True, default="",
+                                placeholder="prompts that should change, one per line",
+                                tooltip="Extra prompts whose images should change (one per line, used as written)."),
+                io.String.Input("kept_prompts", multiline=True, default="",
+                                placeholder="prompts that should stay, one per line",
+                                tooltip="Extra prompts whose images should stay as they were (one per line), e.g. "
+                                        "look-alikes of what you erased."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Noise seed: image j of every prompt uses seed + j, the same for both models."),
+                io.Int.Input("images_per_prompt", default=2, min=1, max=64,
+                             tooltip="Images per prompt and model; more give steadier figures."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps (as in KSampler)."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Classifier-free guidance scale (as in KSampler)."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                               tooltip="Sampler (as in KSampler)."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
+                               tooltip="Scheduler (as in KSampler)."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Image width in pixels."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Image height in pixels."),
+                io.Combo.Input("classifiers", options=list(CLASSIFIER_MODES), default="auto",
+                               tooltip="The paper's classifier measures when installed (comfyui-scapre[eval]): "
+                                       "NudeNet exposed-part counts for explicit concepts, ImageNet top-1 accuracy "
+                                       "for object concepts that are ImageNet classes. auto: whichever fits."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Optional CLIP vision model (Load CLIP Vision): adds the cosine of the "
+                                            "two images' embeddings per prompt (1: same content)."),
+            ],
+            outputs=[
+                io.Image.Output("grid", display_name="grid",
+                                tooltip="One row per prompt, originals | edited, labelled with the prompt and its "
+                                        "change; long lists are split into pages (a batch of equal-size images)."),
+                io.Image.Output("images", display_name="images",
+                                tooltip="Every generation: per prompt, its originals then its edited images."),
+                io.String.Output("table", display_name="table",
+                                 tooltip="The figures as a markdown table (erasure, retention, gap, per prompt)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, original, edited, clip, vae, erased_prompts, kept_prompts, seed, images_per_prompt, steps,
+                cfg, sampler_name, scheduler, width, height, classifiers="auto", concepts=None,
+                clip_vision=None) -> io.NodeOutput:
+        for name, value in (("original", original), ("edited", edited), ("clip", clip), ("vae", vae)):
+            if value is None:
+                raise ValueError(f"{name} is not connected")
+        items = _gather_prompts(concepts, erased_prompts, kept_prompts)
+        run, notes = _classifier_plan(classifiers, concepts, items)
+        prompts = tuple(i.prompt for i in items)
+        settings = (seed, images_per_prompt, steps, float(cfg), sampler_name, scheduler, width, height)
+        key = (_model_key(original), id(clip.patcher.model), str(getattr(clip.patcher, "patches_uuid", "")),
+               getattr(clip, "layer_idx", None), id(vae), prompts, settings)
+        cached = _ORIGINALS.get(key)
+        originals = None
+        if cached is not None and cached[0]() is original.model:
+            originals = cached[1]
+            _ORIGINALS.move_to_end(key)
+        count = len(items) * images_per_prompt
+        bar = comfy.utils.ProgressBar(count * (1 if originals is not None else 2), node_id=cls.hidden.unique_id)
+        sample = _Sampler(clip, vae, steps, cfg, sampler_name, scheduler, width, height, lambda: bar.update(1))
+        seeds = [(seed + j) % 2**64 for j in range(images_per_prompt)]
+
+        def generate(model) -> torch.Tensor:
+            return torch.stack([torch.cat([sample(model, p, s) for s in seeds]) for p in prompts])
+
+        if originals is None:
+            originals = generate(original)
+            _ORIGINALS[key] = (weakref.ref(original.model), originals)
+            while len(_ORIGINALS) > CACHE_ENTRIES:
+                _ORIGINALS.popitem(last=False)
+        else:
+            log.info("ScaPreCompare: originals reused from the previous run")
+        edits = generate(edited)
+
+        records = []
+        for i, item in enumerate(items):
+            change = measures.image_change(originals[i], edits[i])
+            record = {"prompt": item.prompt, "kind": item.kind, "concept": item.concept,
+                      "change": float(change.mean()), "changes": [float(c) for c in change]}
+            if clip_vision is not None:
+                a = clip_vision.encode_image(originals[i])["image_embeds"]
+                b = clip_vision.encode_image(edits[i])["image_embeds"]
+                record["clip_cosine"] = float(measures.embedding_cosine(a.float(), b.float()).mean())
+            _classify(run, record, item, originals[i], edits[i])
+            records.append(record)
+
+        summary = measures.summarize(records)
+        result = {"erasure": summary["erasure"], "retention": summary["retention"], "gap": summary["gap"],
+                  "prompts": records, "per_kind": summary["per_kind"], "per_concept": summary["per_concept"],
+                  "classifiers": clf.summarize_classifiers(records), "notes": notes,
+                  "settings": {"seed": seed, "images_per_prompt": images_per_prompt, "steps": steps, "cfg": cfg,
+                               "sampler_name": sampler_name, "scheduler": scheduler, "width": width,
+                               "height": height, "measure": "change = clip(1 - SSIM, 0, 1)"}}
+        result = _finite(result)
+        result["file"] = _save_json(result)
+        table = _table(result)
+        rows = [GridRow(f"{r['kind']} | {r['prompt']} | change {r['change']:.3f}", originals[i], edits[i])
+                for i, r in enumerate(records)]
+        grid, _ = render_pages(rows)
+        images = torch.cat([torch.cat([originals[i], edits[i]]) for i in range(len(items))])
+        log.info("ScaPreCompare: %d prompt(s), erasure %s, retention %s", len(items), _fmt(result["erasure"]),
+                 _fmt(result["retention"]))
+        return io.NodeOutput(grid, images, table, ui={"scapre_compare": [result]})
+
