@@ -68,7 +68,7 @@ class _Sampler:
         while image.ndim > 4:  # video VAEs add a frame axis
             image = image.flatten(0, 1)
         self.step()
-        return image[..., :3].float().clamp(0, 1).cpu()
+        return image[..., :3].detach().float().clamp(0, 1).cpu()
 
 
 def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str) -> list[measures.ComparePrompt]:
