@@ -6,13 +6,15 @@ from comfy_api.latest import ComfyExtension, io
 
 from .compare import ScaPreCompare
 from .encode import ScaPreConceptEncode
-from .erase import ScaPreErase, ScaPreInformax
+from .erase import ScaPreErase, ScaPreEraseSimple, ScaPreInformax, ScaPreSettings
 from .report import ScaPreReport
 from .save import ScaPreSaveCheckpoint, ScaPreSaveLoRA
 
 NODES: list[type[io.ComfyNode]] = [
     ScaPreConceptEncode,
     ScaPreInformax,
+    ScaPreEraseSimple,
+    ScaPreSettings,
     ScaPreErase,
     ScaPreReport,
     ScaPreSaveLoRA,

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..scapre_comfy.export import write_lora, write_report
 from ..scapre_core import __version__
-from ..scapre_core.lora import lora_state_dict, pooled_error
-from ..scapre_core.payloads import provenance_metadata, report_bundle, total_diffs
 from .common import CATEGORY, edit_records, log, progress
 
 
@@ -65,17 +63,10 @@ class ScaPreSaveLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, filename_prefix, rank) -> io.NodeOutput:
         records = _records(model)
-        diffs = total_diffs(records)
-        tensors, errors = lora_state_dict(diffs, rank, progress=progress(cls.hidden.unique_id, "lora"))
-        error = pooled_error(diffs, errors)
         base, shown = _next_path(filename_prefix, "loras")
-        metadata = provenance_metadata(records, __version__)
-        metadata.update({"scapre.rank": str(rank), "scapre.rel_error": f"{error:.6g}"})
-        comfy.utils.save_torch_file(tensors, base + ".safetensors", metadata=metadata)
-        with open(base + ".scapre.json", "w", encoding="utf-8") as fh:
-            fh.write(report_bundle(records, __version__, os.path.basename(base) + ".safetensors"))
+        matrices, error = write_lora(base + ".safetensors", records, rank, progress(cls.hidden.unique_id, "lora"))
         mode = "exact" if rank == 0 else f"rank {rank}, relative error {error:.3g}"
-        message = f"saved {shown}.safetensors ({len(diffs)} matrices, {mode})"
+        message = f"saved {shown}.safetensors ({matrices} matrices, {mode})"
         log.info("ScaPreSaveLoRA: %s", message)
         return io.NodeOutput(shown + ".safetensors", ui={"text": [message]})
 
@@ -116,8 +107,7 @@ class ScaPreSaveCheckpoint(io.ComfyNode):
         extra["scapre"] = json.loads(json.dumps(provenance, default=str))
         save_checkpoint(model, clip=clip, vae=vae, filename_prefix=prefix, output_dir=output_dir,
                         prompt=cls.hidden.prompt, extra_pnginfo=extra)
-        with open(base + ".scapre.json", "w", encoding="utf-8") as fh:
-            fh.write(report_bundle(records, __version__, os.path.basename(base) + ".safetensors"))
+        write_report(base + ".scapre.json", records, os.path.basename(base) + ".safetensors")
         message = f"saved {shown}.safetensors"
         log.info("ScaPreSaveCheckpoint: %s", message)
         return io.NodeOutput(ui={"text": [message]})

@@ -113,7 +113,7 @@ export function describePlan(plan) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// ScaPreErase's ui.scapre_summary (EditReport.summary() in scapre_core/report.py)
+// ScaPreEraseSimple's and ScaPreErase's ui.scapre_summary (EditReport.summary() in scapre_core/report.py)
 // ------------------------------------------------------------------------------------------------
 
 const num = (value) => (typeof value === "number" && Number.isFinite(value) ? value.toFixed(3) : str(value) || "–");
@@ -267,6 +267,7 @@ export function describeCompare(c) {
 // ------------------------------------------------------------------------------------------------
 
 const SHOW_TEXT = new Set(["ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreReport"]);
+const ERASE_NODES = new Set(["ScaPreEraseSimple", "ScaPreErase"]); // ScaPre Erase, and its legacy form
 
 app.registerExtension({
     name: "scapre.ui",
@@ -282,7 +283,7 @@ app.registerExtension({
                 this.scapreInfo = null; // force a redraw of the text
                 refreshEncode(this);
             });
-        } else if (id === "ScaPreErase") {
+        } else if (ERASE_NODES.has(id)) {
             chain(proto, "onExecuted", function (message) {
                 const summary = message?.scapre_summary;
                 setInfo(this, describeSummary(Array.isArray(summary) ? summary[0] : summary));

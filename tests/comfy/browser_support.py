@@ -113,6 +113,31 @@ def keep_artifact(path: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def open_page(url: str, *, viewport: tuple[int, int] = DEFAULT_VIEWPORT, timeout: float = 60):
+    """Any page (e.g. a ``file://`` URL) in headless Chromium with a fresh profile: yields ``(page, console)``,
+    ``console`` collecting console messages, page errors and failed requests."""
+    from playwright.sync_api import sync_playwright
+
+    console: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="scapre-chromium-") as profile, sync_playwright() as playwright:
+        try:
+            context = playwright.chromium.launch_persistent_context(
+                profile, executable_path=str(chromium_path()), headless=True, args=list(CHROMIUM_ARGS),
+                viewport={"width": viewport[0], "height": viewport[1]}, timeout=timeout * 1000)
+        except Exception as err:
+            raise BrowserUnavailable(f"cannot start {chromium_path()} through Playwright: {err}") from err
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.on("requestfailed", lambda r: console.append(f"requestfailed: {r.url}"))
+            page.goto(url, wait_until="load", timeout=timeout * 1000)
+            yield page, console
+        finally:
+            context.close()
+
+
 class ComfyPage:
     """The ComfyUI page at ``base_url`` in headless Chromium with a fresh profile, via Playwright.
 
@@ -244,8 +269,9 @@ EXAMPLE_COLUMNS = [
     [("enc", "ScaPreConceptEncode", {"concepts": "Van Gogh", "concept_type": "style", "expand_templates": False,
                                      "templates": "", "guide": "art", "preserve": "",
                                      "probes": "Claude Monet, Picasso"}, (420, 700), None)],
-    [("imx", "ScaPreInformax", _FIXED_SEED, (300, 0), None),
-     ("erase", "ScaPreErase", _FIXED_SEED, (300, 0), None)],
+    [("imx", "ScaPreInformax", {"p": 8.0, "entropy_samples": 30, **_FIXED_SEED}, (300, 0), None),
+     ("erase", "ScaPreEraseSimple", {"preset": "artists", "strength": 1.0, "seed": 0, **_FIXED_SEED}, (300, 0),
+      None)],
     [("pos", "CLIPTextEncode", {"text": "a painting of a starry night by Van Gogh"}, (400, 150), "Positive prompt"),
      ("neg", "CLIPTextEncode", {"text": ""}, (400, 120), "Negative prompt"),
      ("lat", "EmptyLatentImage", {"width": "{size}", "height": "{size}", "batch_size": 1}, (300, 0), None),

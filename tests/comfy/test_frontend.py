@@ -262,6 +262,21 @@ def test_example_loads_and_matches_schema(comfy_page, comfy_server, name):
     assert not _own_problems(comfy_page)
 
 
+def test_legacy_erase_workflow_loads_with_its_values(comfy_page, comfy_server):
+    """A workflow saved with the legacy ScaPreErase node opens with every widget value under its old name."""
+    path = comfy_support.PACK_ROOT / "tests" / "comfy" / "fixtures" / "erase_sd15_legacy_node.json"
+    workflow = json.loads(path.read_text())
+    comfy_page.load_workflow(workflow)
+    (saved,) = [n["widgets_values"] for n in workflow["nodes"] if n["type"] == "ScaPreErase"]
+    names = comfy_page.js("() => scapreTest.node('ScaPreErase').widgets.filter((w) => w.name !== 'scapre_info')"
+                          ".map((w) => [w.name, w.value])")
+    assert [v for _, v in names] == saved
+    assert names[0][0] == "edit" and names[-1][0] == "precision"
+    expected = comfy_support.ui_workflow_to_api(workflow, comfy_server.object_info())
+    assert _inputs_only(_frontend_prompt(comfy_page)) == _inputs_only(expected)
+    assert not _own_problems(comfy_page)
+
+
 def test_example_runs_and_shows_results(comfy_page, comfy_server, sd15_ckpt_path, tmp_path):
     """erase_sd15.json queued from the page on the random SD1.5 fixture; every ScaPre node shows its result.
 
@@ -286,7 +301,7 @@ def test_example_runs_and_shows_results(comfy_page, comfy_server, sd15_ckpt_path
     log.info("erase_sd15 ran in %.1f s from the page", time.perf_counter() - t0)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-4000:]
 
-    erase = _wait_info(comfy_page, "ScaPreErase")
+    erase = _wait_info(comfy_page, "ScaPreEraseSimple")
     assert erase.startswith("erased 1 concept (1 prompt) · 32 matrices · "), erase
     assert 'worst efficacy ' in erase and '"Van Gogh"' in erase
     assert "worst drift " in erase and "(probe)" in erase

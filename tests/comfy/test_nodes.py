@@ -15,8 +15,13 @@ import pytest
 
 log = logging.getLogger("scapre.comfy_tests")
 
-NODE_IDS = {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreErase", "ScaPreReport", "ScaPreSaveLoRA",
-            "ScaPreSaveCheckpoint", "ScaPreCompare"}
+NODE_IDS = {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreEraseSimple", "ScaPreSettings", "ScaPreErase",
+            "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreCompare"}
+#: The legacy ScaPreErase node's widgets in the order saved workflows store their values: never change it.
+LEGACY_WIDGETS = ["edit", "variant", "lam", "erase_scale", "preserve_scale", "technique", "p", "mi_temperature",
+                  "mi_samples", "noise_sigma", "use_informax", "entropy_samples", "entropy_bins", "mu_from_entropy",
+                  "mu", "ased", "t_sigma", "p_sigma", "bures_iters", "egbr", "alpha_min", "svd_residual", "seed",
+                  "mi_estimator", "precision"]
 PACK_ROOT = comfy_support.PACK_ROOT
 
 
@@ -39,9 +44,24 @@ def _encode(c, clip, concepts="cat, golden retriever", **kw):
 
 
 def _erase(c, model, concepts, informax=None, edit="keys and values", **overrides):
+    """The legacy node (every field a widget): the reference the new nodes are checked against."""
     values = {**_defaults(c), **overrides}
     extra = {} if informax is None else {"informax": informax}
     return c.run_node("ScaPreErase", model=model, concepts=concepts, edit=edit, **extra, **values)
+
+
+def _erase_simple(c, model, concepts, preset="custom", strength=1.0, seed=0, **optional):
+    return c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset=preset, strength=strength,
+                      seed=seed, **optional)
+
+
+def _diffs(edited):
+    return edited.model_options["scapre_edits"][-1].diffs
+
+
+def _same_edit(a, b) -> bool:
+    da, db = _diffs(a), _diffs(b)
+    return set(da) == set(db) and all(bool((da[k] == db[k]).all()) for k in da)
 
 
 def _sample(c, model, clip, seed=0):
@@ -96,9 +116,28 @@ def test_pack_registers_exactly_its_nodes_with_help(scapre_nodes):
         for item in [*schema.inputs, *schema.outputs]:
             assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
         assert (PACK_ROOT / "web" / "docs" / f"{node_id}.md").is_file()
-    erase_inputs = {i.id for i in scapre_nodes.node_class("ScaPreErase").GET_SCHEMA().inputs}
     fields = {f.name for f in dataclasses.fields(_core(scapre_nodes).ScaPreConfig)}
-    assert fields <= erase_inputs  # every config field is an input of the same name
+    for node_id in ("ScaPreErase", "ScaPreSettings"):  # every config field is an input of the same name
+        assert fields <= {i.id for i in scapre_nodes.node_class(node_id).GET_SCHEMA().inputs}
+
+
+def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
+    simple = scapre_nodes.node_class("ScaPreEraseSimple").GET_SCHEMA()
+    legacy = scapre_nodes.node_class("ScaPreErase").GET_SCHEMA()
+    settings = scapre_nodes.node_class("ScaPreSettings").GET_SCHEMA()
+    assert (simple.display_name, simple.is_deprecated) == ("ScaPre Erase", False)
+    assert (legacy.display_name, legacy.is_deprecated) == ("ScaPre Erase (legacy)", True)
+    assert settings.display_name == "ScaPre Settings"
+    assert [i.id for i in simple.inputs] == ["model", "concepts", "preset", "strength", "seed", "informax", "settings"]
+    presets = next(i for i in simple.inputs if i.id == "preset")
+    assert list(presets.options) == list(_core(scapre_nodes).presets.PRESET_NAMES) and presets.default == "custom"
+    sockets = {"model", "concepts", "informax"}
+    assert [i.id for i in legacy.inputs if i.id not in sockets] == LEGACY_WIDGETS
+    assert [i.id for i in settings.inputs] == LEGACY_WIDGETS  # the same widgets, same order, same defaults
+    legacy_defaults = {i.id: i.default for i in legacy.inputs if i.id not in sockets}
+    assert {i.id: i.default for i in settings.inputs} == legacy_defaults
+    assert {i.id: i.tooltip for i in settings.inputs} == {i.id: i.tooltip for i in legacy.inputs
+                                                          if i.id not in sockets}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,6 +345,51 @@ def test_cancel_stops_the_edit(scapre_nodes, sd15_loaded, sd15_edit):
     finally:
         mm.interrupt_current_processing(False)
     assert not any(k in model.patches for k in comfy_support.attn2_kv_shapes(model))
+
+
+# ------------------------------------------------------------------------------------------------
+# ScaPre Erase (presets) and ScaPre Settings against the legacy node
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["artists", "explicit", "few-objects", "uce"])
+def test_preset_erase_equals_the_legacy_node_with_the_published_fields(scapre_nodes, sd15_loaded, sd15_edit,
+                                                                       preset):
+    c = scapre_nodes
+    model = sd15_loaded[0]
+    simple = _erase_simple(c, model, sd15_edit["concepts"], preset=preset, strength=1.5, seed=3)
+    config = _core(c).presets.preset_config(preset, 1.5, 3)
+    legacy = _erase(c, model, sd15_edit["concepts"], **config.to_dict())
+    assert _same_edit(simple[0], legacy[0])
+    assert simple[1].config == config.to_dict()
+    assert simple.ui["scapre_summary"][0]["matrices"] == 32
+
+
+def test_custom_preset_is_the_legacy_defaults(scapre_nodes, sd15_loaded, sd15_edit):
+    c = scapre_nodes
+    model = sd15_loaded[0]
+    simple = _erase_simple(c, model, sd15_edit["concepts"])
+    legacy = _erase(c, model, sd15_edit["concepts"])
+    assert _same_edit(simple[0], legacy[0])
+    weaker = _erase_simple(c, model, sd15_edit["concepts"], strength=0.5)
+    assert weaker[1].config["erase_scale"] == 1.0 and not _same_edit(weaker[0], simple[0])
+
+
+def test_settings_node_replaces_preset_strength_and_seed(scapre_nodes, sd15_loaded, sd15_edit):
+    c = scapre_nodes
+    model = sd15_loaded[0]
+    values = {**_defaults(c), "variant": "scale", "p": 6.0, "ased": True, "erase_scale": 2.5, "seed": 5}
+    (settings,) = c.run_node("ScaPreSettings", edit="values only", **values)
+    simple = _erase_simple(c, model, sd15_edit["concepts"], preset="explicit", strength=3.0, seed=9,
+                           informax=sd15_edit["informax"], settings=settings)
+    legacy = _erase(c, model, sd15_edit["concepts"], informax=sd15_edit["informax"], edit="values only", **values)
+    assert _same_edit(simple[0], legacy[0])
+    assert all(k.endswith("to_v.weight") for k in _diffs(simple[0]))
+    assert simple[1].warnings == legacy[1].warnings and any("Informax node's settings" in w
+                                                            for w in simple[1].warnings)
+    with pytest.raises(ValueError, match="ScaPre Settings"):
+        _erase_simple(c, model, sd15_edit["concepts"], settings={"p": 2.0})
+    with pytest.raises(ValueError, match="erase_scale"):
+        c.run_node("ScaPreSettings", edit="keys and values", **{**_defaults(c), "erase_scale": -1.0})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Throughput of ``python -m scapre evaluate``: images per minute on the first server alone, then on all
+of them, over the same prompts (fresh result folders, so nothing is resumed).
+
+Start the ComfyUI servers yourself (each listing the base checkpoint and the edit), then::
+
+    python benchmarks/bench_evaluate.py --server http://127.0.0.1:8188 --server http://127.0.0.1:8189 \\
+        --base model.safetensors --edit no_cat.safetensors --prompts prompts.csv --limit 16 \\
+        -- --steps 2 --width 64 --height 64
+
+Arguments after ``--`` go to ``evaluate`` unchanged. Run it with the Python of a ComfyUI install (it runs the
+pack's command line, which needs Pillow and torch for the measures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(servers: list[str], args: argparse.Namespace, extra: list[str], out: Path) -> float:
+    command = [sys.executable, "-m", "scapre", "evaluate", "--base", args.base, "--edit", args.edit,
+               "--prompts", args.prompts, "--out", str(out), "--limit", str(args.limit), "-q", *extra]
+    for url in servers:
+        command += ["--server", url]
+    t0 = time.perf_counter()
+    subprocess.run(command, cwd=PACK_ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", action="append", required=True)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--edit", required=True)
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--limit", type=int, default=16)
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    images = 2 * args.limit  # original and edited per prompt
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="scapre-bench-") as tmp:
+        for label, servers in (("1 server", args.server[:1]), (f"{len(args.server)} servers", args.server)):
+            seconds = run(servers, args, extra, Path(tmp) / label.replace(" ", "_"))
+            results[label] = {"seconds": round(seconds, 1), "images_per_min": round(images / seconds * 60, 2)}
+            print(f"{label}: {images} images in {seconds:.1f} s = {images / seconds * 60:.2f} images/min", flush=True)
+    first, last = results.values()
+    ratio = round(last["images_per_min"] / first["images_per_min"], 2)
+    print(json.dumps({"images": images, **results, "ratio": ratio}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""ComfyUI in this process, for the command line: found from ``--comfyui`` or ``COMFYUI_PATH``,
+imported on the device ComfyUI would pick (``--cpu`` forces the CPU), nothing written into it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("scapre")
+
+
+class HostError(RuntimeError):
+    """ComfyUI cannot be found or imported; worded for the command line."""
+
+
+def find_comfyui(given: str | None) -> Path:
+    """The ComfyUI folder from ``given`` or ``$COMFYUI_PATH`` (it holds ``main.py`` and ``comfy/``)."""
+    value = given or os.environ.get("COMFYUI_PATH")
+    if not value:
+        raise HostError("no ComfyUI install given: pass --comfyui PATH or set COMFYUI_PATH "
+                        "(the folder with ComfyUI's main.py)")
+    path = Path(value).expanduser().resolve()
+    if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
+        raise HostError(f"{path} is not a ComfyUI folder (no main.py and comfy/ in it)")
+    return path
+
+
+def import_comfyui(path: Path, cpu: bool = False) -> None:
+    """Put ComfyUI on ``sys.path`` and import what loading, encoding and saving need."""
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    try:
+        import comfy.options
+        from comfy import cli_args
+
+        if cpu:
+            cli_args.args.cpu = True
+        import comfy.model_management
+        import comfy.sd
+        import comfy.utils  # noqa: F401
+    except ImportError as err:
+        raise HostError(f"cannot import ComfyUI from {path} with this Python ({sys.executable}): {err}; "
+                        "run with the Python of that ComfyUI install") from None
+
+
+def load_checkpoint(path: Path):
+    """(MODEL, CLIP, VAE) as Load Checkpoint gives them (``comfy.sd.load_checkpoint_guess_config``)."""
+    import comfy.sd
+
+    try:
+        model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)[:3]
+    except Exception as err:  # ComfyUI raises plain RuntimeErrors for unknown or broken files
+        raise HostError(f"ComfyUI cannot load {path} as a checkpoint: {err}") from None
+    if model is None or clip is None:
+        raise HostError(f"{path} holds no UNet and text encoder (need a full SD1.x/SD2.x/SDXL checkpoint)")
+    return model, clip, vae

@@ -1,0 +1,72 @@
+"""Writing an edit: a LoRA file or a whole checkpoint, each with its ``.scapre.json`` report, through
+ComfyUI's own savers (COMFY_NOTES (c)). Files are written under a temporary name in the target
+folder and renamed at the end, so a cancelled or failed save leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import comfy.sd
+import comfy.utils
+
+from ..scapre_core import __version__
+from ..scapre_core.lora import lora_state_dict, pooled_error
+from ..scapre_core.payloads import EditRecord, provenance_metadata, report_bundle, total_diffs
+
+
+def report_path(path: str | os.PathLike) -> Path:
+    """``x.safetensors`` -> ``x.scapre.json`` (the report saved next to a LoRA or checkpoint)."""
+    path = Path(path)
+    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
+    return path.with_name(stem + ".scapre.json")
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temporary names (same folder, hidden, ``.partial``) for ``paths``: renamed onto them when the
+    block succeeds, deleted when it raises (including KeyboardInterrupt)."""
+    finals = [Path(p) for p in paths]
+    temps = [f.with_name(f".{f.name}.{os.getpid()}.partial") for f in finals]
+    try:
+        yield temps
+        for temp, final in zip(temps, finals, strict=True):
+            os.replace(temp, final)
+    except BaseException:
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        raise
+
+
+def write_lora(path: str | os.PathLike, records: tuple[EditRecord, ...], rank: int = 0,
+               step: Callable[[int, int], None] | None = None) -> tuple[int, float]:
+    """Write the summed edits of ``records`` as a LoRA at ``path`` (+ its report); returns
+    ``(matrices, pooled relative truncation error)``. ``rank`` 0 is exact (``.diff`` keys)."""
+    diffs = total_diffs(records)
+    tensors, errors = lora_state_dict(diffs, rank, progress=step)
+    error = pooled_error(diffs, errors)
+    metadata = provenance_metadata(records, __version__)
+    metadata.update({"scapre.rank": str(rank), "scapre.rel_error": f"{error:.6g}"})
+    path = Path(path)
+    with atomic_paths(path, report_path(path)) as (tmp, tmp_report):
+        comfy.utils.save_torch_file(tensors, str(tmp), metadata=metadata)
+        write_report(tmp_report, records, path.name)
+    return len(diffs), error
+
+
+def write_checkpoint(path: str | os.PathLike, model, clip, vae, records: tuple[EditRecord, ...]) -> None:
+    """Write MODEL (patches baked in) + CLIP + VAE as one checkpoint with ComfyUI's saver, with the
+    provenance metadata and the report next to it."""
+    path = Path(path)
+    metadata = provenance_metadata(records, __version__)
+    with atomic_paths(path, report_path(path)) as (tmp, tmp_report):
+        comfy.sd.save_checkpoint(str(tmp), model, clip=clip, vae=vae, metadata=metadata)
+        write_report(tmp_report, records, path.name)
+
+
+def write_report(path: str | os.PathLike, records: tuple[EditRecord, ...], saved_as: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(report_bundle(records, __version__, saved_as))

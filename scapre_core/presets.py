@@ -1,0 +1,109 @@
+"""The authors' published runs as named configurations (SPEC "Published settings", README
+"Recommended settings").
+
+A preset fixes every field of :class:`ScaPreConfig`; ``strength`` scales its erase term around the
+published value and ``seed`` seeds the Informax/entropy noise, the two knobs a user turns most.
+``custom`` is the pack's defaults (the ``scale`` variant with ``erase_scale 2``, ``p 2``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .config import ScaPreConfig
+
+#: Which cross-attention projections an edit changes (the published runs edit both).
+EDIT_MODES: dict[str, tuple[str, ...]] = {"keys and values": ("k", "v"), "values only": ("v",), "keys only": ("k",)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published setting: its config and where it comes from."""
+
+    name: str
+    config: ScaPreConfig
+    description: str
+
+
+#: Common to every published run: lambda 0.5, keys and values, empty guide.
+_PUBLISHED = dict(lam=0.5)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("custom", ScaPreConfig(),
+               "the pack's defaults: scale variant, erase_scale 2, p 2, Informax on, bures_iters 1"),
+        Preset("few-objects",
+               ScaPreConfig(variant="small", erase_scale=1.0, p=2.0, alpha_min=0.8, entropy_samples=20,
+                            **_PUBLISHED),
+               "a few objects (the Imagenette-10 run): small variant, erase_scale 1, p 2, alpha_min 0.8, "
+               "entropy_samples 20"),
+        Preset("many-objects",
+               ScaPreConfig(variant="scale", erase_scale=3.0, p=5.0, use_informax=True, bures_iters=1, ased=True,
+                            entropy_samples=30, entropy_bins=20, mu_from_entropy=True, **_PUBLISHED),
+               "many objects (the 50-object run): scale variant, erase_scale 3, p 5, Informax on, ASED on, "
+               "bures_iters 1, entropy_samples 30"),
+        Preset("artists",
+               ScaPreConfig(variant="scale", erase_scale=2.0, p=8.0, use_informax=True, bures_iters=1, ased=True,
+                            entropy_samples=30, entropy_bins=20, mu_from_entropy=True, **_PUBLISHED),
+               "artists' styles (the 50-artist run; also look-alike sets): scale variant, erase_scale 2, p 8, "
+               "Informax on, ASED on, bures_iters 1, entropy_samples 30"),
+        Preset("explicit",
+               ScaPreConfig(variant="scale", erase_scale=2.0, p=3.0, use_informax=False, bures_iters=1,
+                            mu_from_entropy=True, **_PUBLISHED),
+               "explicit content (nudity, nude, naked, topless, unclothed, erotic): scale variant, erase_scale 2, "
+               "p 3, Informax off, bures_iters 1"),
+        Preset("uce",
+               ScaPreConfig(variant="uce", erase_scale=1.0, **_PUBLISHED),
+               "the UCE baseline (Gandikota et al. 2024), for comparison: erase_scale 1"),
+    )
+}
+
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+
+
+def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConfig:
+    """The config of preset ``name`` with ``erase_scale`` multiplied by ``strength`` and the given ``seed``.
+
+    ``strength`` 1 is the published setting, 0 no erase term, 2 twice the published erase scale."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+            or strength < 0:
+        raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+    base = PRESETS[name].config
+    return base.replace(erase_scale=float(base.erase_scale * strength), seed=seed)
+
+
+@dataclass(frozen=True)
+class EraseSettings:
+    """Every setting of an erase: the full config and which projections to edit (``SCAPRE_SETTINGS``,
+    and the command line's settings JSON)."""
+
+    config: ScaPreConfig = field(default_factory=ScaPreConfig)
+    edit: str = "keys and values"
+
+    def __post_init__(self) -> None:
+        if self.edit not in EDIT_MODES:
+            raise ValueError(f"edit must be one of {list(EDIT_MODES)}, got {self.edit!r}")
+
+    def __deepcopy__(self, memo: dict) -> EraseSettings:  # frozen: ComfyUI may deep-copy node outputs
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "edit": self.edit}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: ScaPreConfig | None = None) -> EraseSettings:
+        """Config field names (plus optional ``edit``) over ``base`` (default: the config defaults);
+        unknown keys are refused with a message naming them."""
+        if not isinstance(values, dict):
+            raise ValueError(f"settings must be a mapping of config field names to values, got {type(values).__name__}")
+        names = {f.name for f in fields(ScaPreConfig)}
+        unknown = sorted(set(values) - names - {"edit"})
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(names | {'edit'})}")
+        config = (base or ScaPreConfig()).replace(**{k: v for k, v in values.items() if k != "edit"})
+        return cls(config=config, edit=values.get("edit", "keys and values"))
