@@ -1,5 +1,6 @@
 """Throughput of ``python -m scapre evaluate``: images per minute on the first server alone, then on all
-of them, over the same prompts (fresh result folders, so nothing is resumed).
+of them, over the same prompts (fresh result folders, so nothing is resumed). Each run shifts every
+``evaluation_seed`` by its own offset, so no server can answer from ComfyUI's cache of an earlier run.
 
 Start the ComfyUI servers yourself (each listing the base checkpoint and the edit), then::
 
@@ -14,6 +15,7 @@ pack's command line, which needs Pillow and torch for the measures).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -24,9 +26,22 @@ from pathlib import Path
 PACK_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(servers: list[str], args: argparse.Namespace, extra: list[str], out: Path) -> float:
+def shifted_prompts(source: str, offset: int, target: Path) -> Path:
+    with open(source, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        rows, fields = list(reader), reader.fieldnames
+    for row in rows:
+        row["evaluation_seed"] = str(int(row["evaluation_seed"]) + offset)
+    with open(target, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def run(servers: list[str], args: argparse.Namespace, extra: list[str], out: Path, prompts: Path) -> float:
     command = [sys.executable, "-m", "scapre", "evaluate", "--base", args.base, "--edit", args.edit,
-               "--prompts", args.prompts, "--out", str(out), "--limit", str(args.limit), "-q", *extra]
+               "--prompts", str(prompts), "--out", str(out), "--limit", str(args.limit), "-q", *extra]
     for url in servers:
         command += ["--server", url]
     t0 = time.perf_counter()
@@ -47,8 +62,10 @@ def main() -> int:
     images = 2 * args.limit  # original and edited per prompt
     results = {}
     with tempfile.TemporaryDirectory(prefix="scapre-bench-") as tmp:
-        for label, servers in (("1 server", args.server[:1]), (f"{len(args.server)} servers", args.server)):
-            seconds = run(servers, args, extra, Path(tmp) / label.replace(" ", "_"))
+        runs = (("1 server", args.server[:1]), (f"{len(args.server)} servers", args.server))
+        for offset, (label, servers) in enumerate(runs, start=1):
+            prompts = shifted_prompts(args.prompts, 100_000 * offset, Path(tmp) / f"prompts_{offset}.csv")
+            seconds = run(servers, args, extra, Path(tmp) / label.replace(" ", "_"), prompts)
             results[label] = {"seconds": round(seconds, 1), "images_per_min": round(images / seconds * 60, 2)}
             print(f"{label}: {images} images in {seconds:.1f} s = {images / seconds * 60:.2f} images/min", flush=True)
     first, last = results.values()

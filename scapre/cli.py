@@ -33,7 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m scapre", description="ScaPre concept erasure without the GUI.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{erase,evaluate}")
 
     erase = sub.add_parser("erase", help="erase concepts from a checkpoint; write a checkpoint and/or a LoRA",
@@ -60,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--preserve", default="", help="comma-separated prompts to keep unchanged")
     erase.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder (default: $COMFYUI_PATH)")
     erase.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    erase.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
 
     ev = sub.add_parser("evaluate", help="render prompts with the original and the edited model on ComfyUI servers",
                         description="Render every prompt of a CSV with the original and the edited model on one or "
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--depth", type=int, default=2, help="prompts kept queued per server (default 2)")
     ev.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds one image may take before its server counts as stuck (default 1800)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs")
     return parser
 
 

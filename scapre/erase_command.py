@@ -97,21 +97,23 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
     from ..scapre_comfy.encode import encode_concepts
     from ..scapre_comfy.export import report_path, write_checkpoint, write_lora
 
-    model, clip, vae = host.load_checkpoint(job.checkpoint)
-    plan = plan_prompts(job.concepts, job.concept_type, job.expand_templates, "", job.guide, job.preserve, "")
-    for warning in plan.warnings:
-        log.warning("%s", warning)
-    concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"))
-    edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"))
-    lines = []
-    if job.lora is not None:
-        matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"))
-        mode = "exact" if job.rank == 0 else f"rank {job.rank}, relative error {error:.3g}"
-        lines.append(f"wrote LoRA {job.lora} ({matrices} matrices, {mode}) and {report_path(job.lora).name}")
-    if job.out is not None:
-        write_checkpoint(job.out, edited, clip, vae, (record,))
-        lines.append(f"wrote checkpoint {job.out} and {report_path(job.out).name}")
-    bars.close()
+    try:
+        model, clip, vae = host.load_checkpoint(job.checkpoint)
+        plan = plan_prompts(job.concepts, job.concept_type, job.expand_templates, "", job.guide, job.preserve, "")
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"))
+        edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"))
+        lines = []
+        if job.lora is not None:
+            matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"))
+            mode = "exact" if job.rank == 0 else f"rank {job.rank}, relative error {error:.3g}"
+            lines.append(f"wrote LoRA {job.lora} ({matrices} matrices, {mode}) and {report_path(job.lora).name}")
+        if job.out is not None:
+            write_checkpoint(job.out, edited, clip, vae, (record,))
+            lines.append(f"wrote checkpoint {job.out} and {report_path(job.out).name}")
+    finally:
+        bars.close()  # before any message: a bar left open would be redrawn after it at exit
     summary = record.report.summary()
     efficacy = summary["mean_efficacy"]
     lines.insert(0, f"erased {summary['concepts']} concept(s) ({summary['prompts']} prompt(s)) in "

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import struct
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,11 @@ def _fingerprint(plan: EvalPlan, kind: str) -> dict[str, Any]:
 
 
 def _check_run_file(plan: EvalPlan, kind: str) -> str:
-    """Write ``run.json`` on a new run; on a rerun insist it describes the same run. Returns its tag."""
+    """Write ``run.json`` on a new run; on a rerun insist it describes the same run. Returns a tag for the
+    servers' file names: the run's hash plus a per-invocation suffix, so that SaveImage always runs (ComfyUI
+    would otherwise serve an identical earlier prompt from its cache and report no images for it)."""
     fingerprint = _fingerprint(plan, kind)
-    tag = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12] + "-" + uuid.uuid4().hex[:8]
     path = plan.out / RUN_FILE
     if path.is_file():
         try:
@@ -305,6 +308,9 @@ def run(plan: EvalPlan, quiet: bool = False) -> list[str]:
     for sub in ("images", "records"):
         (plan.out / sub).mkdir(parents=True, exist_ok=True)
     tag = _check_run_file(plan, kind)
+    if not plan.erased:
+        log.warning("no erased concepts known (give --edit as a path to a ScaPre file, or --erased): every prompt "
+                    "counts as kept")
     todo = [row for row in plan.rows if load_record(plan.out, _key(row)) is None]
     log.info("%d of %d prompt(s) to render on %d server(s)%s", len(todo), len(plan.rows), len(servers),
              f" ({len(plan.rows) - len(todo)} done before)" if len(todo) < len(plan.rows) else "")

@@ -140,7 +140,7 @@ class Runner:
     gone; so does a job running longer than ``stuck_after`` seconds."""
 
     def __init__(self, servers: list[Server], on_done: Callable[[Job, dict[str, list[bytes]], str], None],
-                 on_failed: Callable[[Job, str], None], *, depth: int = 2, poll: float = 0.1, retries: int = 3,
+                 on_failed: Callable[[Job, str], None], *, depth: int = 2, poll: float = 0.2, retries: int = 3,
                  retry_wait: float = 1.0, stuck_after: float = 1800.0) -> None:
         if not servers:
             raise ValueError("no servers")

@@ -207,7 +207,8 @@ class FakeComfy:
     time, in order, when ``gate`` allows; the image of node N is ``<text of the prompt's "key">:N``.
     ``die_after`` queued prompts, the server stops answering with those prompts unfinished."""
 
-    def __init__(self, die_after: int | None = None) -> None:
+    def __init__(self, die_after: int | None = None, real_images: bool = False) -> None:
+        self.real_images = real_images
         self.queue: list[tuple[str, dict]] = []
         self.history: dict[str, dict] = {}
         self.ran: list[str] = []
@@ -257,7 +258,16 @@ class FakeComfy:
                         entry = fake.history.get(pid)
                     return self._send(200, {pid: entry} if entry else {})
                 if url.path == "/view":
-                    return self._send(200, parse_qs(url.query)["filename"][0].encode(), "image/png")
+                    name = parse_qs(url.query)["filename"][0]
+                    return self._send(200, fake.png(name) if fake.real_images else name.encode(), "image/png")
+                if url.path.startswith("/object_info/"):
+                    node = url.path.rsplit("/", 1)[1]
+                    names = {"CheckpointLoaderSimple": ("ckpt_name", ["base.safetensors"]),
+                             "LoraLoaderModelOnly": ("lora_name", ["edit.safetensors"])}
+                    if node not in names:
+                        return self._send(200, {})
+                    field, options = names[node]
+                    return self._send(200, {node: {"input": {"required": {field: [options, {}]}}}})
                 return self._send(404, {})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -280,7 +290,7 @@ class FakeComfy:
                 if not self.alive or not self.queue:
                     continue
                 pid, prompt = self.queue.pop(0)
-                key = prompt["key"]["text"]
+                key = prompt["key"]["text"] if "key" in prompt else prompt["2"]["inputs"]["text"]
                 self.ran.append(key)
                 outputs = {node: {"images": [{"filename": f"{key}:{node}", "subfolder": "", "type": "output"}]}
                            for node in ("7", "17")}
@@ -290,6 +300,22 @@ class FakeComfy:
                 else:
                     self.history[pid] = {"status": {"status_str": "success", "completed": True, "messages": []},
                                          "outputs": outputs}
+
+    @staticmethod
+    def png(name: str) -> bytes:
+        """A 16x16 PNG determined by ``name``: the "edited" image differs from the "original" one only when the
+        prompt mentions a cat."""
+        import hashlib
+        import io
+
+        from PIL import Image
+
+        prompt, node = name.rsplit(":", 1)
+        seed = hashlib.sha256((prompt + (":edited" if node == "17" and "cat" in prompt else "")).encode()).digest()
+        image = Image.frombytes("RGB", (16, 16), (seed * 25)[: 16 * 16 * 3])
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
 
     def kill(self):
         with self.lock:
@@ -383,3 +409,41 @@ def test_page_has_tables_plots_and_relative_images():
     assert "<table id='summary'>" in page and "<table id='per-class'>" in page and page.count("<svg") == 2
     assert "images/00002_edited.png" in page and "p0 &lt;b&gt;" in page and "<b>0.700</b>" not in page
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from the network
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate end to end against fake servers (the real ones: tests/comfy/test_cli.py)
+# ------------------------------------------------------------------------------------------------
+
+def test_evaluate_end_to_end_with_resume(tmp_path, capsys):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,evaluation_seed,class\na cat,1,cat\na dog,2,dog\nanother cat,3,cat\na car,4,car\n")
+    a, b = FakeComfy(real_images=True), FakeComfy(real_images=True)
+    out = tmp_path / "out"
+    args = ["evaluate", "--server", a.url, "--server", b.url, "--base", "base.safetensors", "--edit",
+            "edit.safetensors", "--erased", "cat", "--prompts", str(prompts), "--out", str(out), "-q"]
+    try:
+        code, stdout, err = _main(capsys, args)
+        assert code == 0, err
+        assert "4 of 4 prompt(s) rendered" in stdout and "this run: " in stdout
+        results = json.loads((out / "results.json").read_text())
+        changes = {r["class"]: r["change"] for r in results["records"]}
+        assert changes["dog"] == 0.0 and changes["car"] == 0.0 and changes["cat"] > 0.1
+        assert results["summary"]["erasure"] > 0.1 and results["summary"]["retention"] == 1.0
+        assert {r["kind"] for r in results["records"] if r["class"] == "cat"} == {"erased"}
+        assert (out / "index.html").is_file() and len(list((out / "images").glob("*.png"))) == 8
+        # a rerun renders nothing; removing one record renders exactly that row again
+        mtimes = {p: p.stat().st_mtime_ns for p in (out / "records").iterdir()}
+        (out / "records" / "00001.json").unlink()
+        code, stdout, _ = _main(capsys, args)
+        assert code == 0 and "this run: " in stdout
+        assert sum(int(x.rsplit(" ", 1)[1]) for x in stdout.split("this run: ")[1].splitlines()[0].split(", ")) == 1
+        assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items() if p.name != "00001.json")
+        # other settings in the same folder are refused
+        code, _, err = _main(capsys, [*args, "--steps", "3"])
+        assert code == 1 and "holds a run with other settings (differs in ['sampling'])" in err
+        # an edit no server lists
+        code, _, err = _main(capsys, [*args[:8], "missing.safetensors", *args[9:]])
+        assert code == 1 and "lists no checkpoint or LoRA named 'missing.safetensors'" in err
+    finally:
+        a.kill(), b.kill()
