@@ -68,7 +68,7 @@ class _Sampler:
         while image.ndim > 4:  # video VAEs add a frame axis
             image = image.flatten(0, 1)
         self.step()
-        return image[..., :3].float().clamp(0, 1).cpu()
+        return image[..., :3].detach().float().clamp(0, 1).cpu()
 
 
 def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str) -> list[measures.ComparePrompt]:
@@ -87,29 +87,28 @@ def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str) -> list[me
 
 
 def _classifier_plan(mode: str, concepts, items) -> tuple[list[str], list[str]]:
-    """(measures to run, notes) for the classifier ``mode``; auto picks NudeNet for explicit concepts and
-    the ImageNet classifier when some compared concept is an ImageNet class."""
+    """(measures to run, notes) for the classifier ``mode``. auto: NudeNet for explicit concepts, the
+    ImageNet classifier when some compared concept is an ImageNet class name. A measure that is wanted
+    but not installed gives a note saying what to install."""
     if mode == "off":
         return [], []
+    concept_type = getattr(concepts, "concept_type", "") or ""
+    has_class = any(clf.imagenet_class(i.concept or i.prompt) is not None for i in items)
     wanted = []
-    if mode in ("nudenet", "both") or (mode == "auto" and getattr(concepts, "concept_type", "") == "explicit"):
+    if mode in ("nudenet", "both") or (mode == "auto" and concept_type == "explicit"):
         wanted.append(clf.NUDENET)
-    if mode in ("imagenet", "both"):
-        wanted.append(clf.IMAGENET)
-    elif mode == "auto" and getattr(concepts, "concept_type", "object") in ("object", ""):
+    if mode in ("imagenet", "both") or (mode == "auto" and has_class):
         wanted.append(clf.IMAGENET)
     run, notes = [], []
     for name in wanted:
         problem = clf.missing(name)
-        if problem is None:
-            run.append(name)
-        elif mode != "auto" or name == clf.NUDENET:
+        if problem is not None:
             notes.append(f"not measured: {problem}")
-    if clf.IMAGENET in run and not any(clf.imagenet_class(i.concept or i.prompt) is not None
-                                               for i in items):
-        run.remove(clf.IMAGENET)
-        if mode != "auto":
-            notes.append("imagenet measure: no compared concept is an ImageNet class name")
+        elif name == clf.IMAGENET and not has_class:
+            notes.append("imagenet measure: no compared concept is an ImageNet class name (e.g. 'tench', "
+                         "'golden retriever')")
+        else:
+            run.append(name)
     return run, notes
 
 

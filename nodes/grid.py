@@ -31,9 +31,9 @@ def _cells(images: torch.Tensor) -> torch.Tensor:
     _, h, w, _ = images.shape
     scale = min(1.0, CELL / max(h, w))
     if scale == 1.0:
-        return images.float().clamp(0, 1)
+        return images.detach().float().clamp(0, 1)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = torch.nn.functional.interpolate(images.float().permute(0, 3, 1, 2), size=size, mode="area")
+    x = torch.nn.functional.interpolate(images.detach().float().permute(0, 3, 1, 2), size=size, mode="area")
     return x.permute(0, 2, 3, 1).clamp(0, 1)
 
 

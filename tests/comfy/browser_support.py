@@ -345,16 +345,12 @@ def _fill(value: Any, subst: Mapping[str, Any]) -> Any:
     return value
 
 
-def build_example(page: ComfyPage, arch: str, out_dir: Path = EXAMPLES_DIR) -> Path:
-    """Build ``erase_<arch>.json`` in the page's graph, save it as the frontend would, with a fitted view for a
-    1600x900 window, and a same-name ~800 px PNG thumbnail of the canvas."""
+def build_workflow(page: ComfyPage, name: str, columns: list, links: list, out_dir: Path = EXAMPLES_DIR) -> Path:
+    """Build ``columns``/``links`` in the page's graph and save it as ``<name>.json`` as the frontend would,
+    with a fitted view for a 1600x900 window, and a same-name ~800 px JPEG thumbnail of the canvas."""
     from PIL import Image
 
-    ckpt, size = EXAMPLES[arch]
-    subst = {"{ckpt}": ckpt, "{size}": size, "{arch}": arch}
-    columns = [[(key, kind, {k: _fill(v, subst) for k, v in values.items()}, min_size, title)
-                for key, kind, values, min_size, title in column] for column in EXAMPLE_COLUMNS]
-    workflow = json.loads(page.js(_BUILD_JS, {"columns": columns, "links": EXAMPLE_LINKS}))
+    workflow = json.loads(page.js(_BUILD_JS, {"columns": columns, "links": links}))
     x0 = min(n["pos"][0] for n in workflow["nodes"])
     y0 = min(n["pos"][1] for n in workflow["nodes"]) - 30
     width = max(n["pos"][0] + n["size"][0] for n in workflow["nodes"]) - x0
@@ -363,7 +359,7 @@ def build_example(page: ComfyPage, arch: str, out_dir: Path = EXAMPLES_DIR) -> P
     workflow.setdefault("extra", {})["ds"] = {"scale": scale, "offset": [
         round((1600 / scale - width) / 2 - x0, 1), round((900 / scale - height) / 2 - y0 + 40, 1)]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"erase_{arch}.json"
+    target = out_dir / f"{name}.json"
     target.write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
 
     page.fit_view(padding=20)
@@ -377,6 +373,61 @@ def build_example(page: ComfyPage, arch: str, out_dir: Path = EXAMPLES_DIR) -> P
     return target
 
 
+def build_example(page: ComfyPage, arch: str, out_dir: Path = EXAMPLES_DIR) -> Path:
+    """Build ``erase_<arch>.json`` and its thumbnail (:func:`build_workflow`)."""
+    ckpt, size = EXAMPLES[arch]
+    subst = {"{ckpt}": ckpt, "{size}": size, "{arch}": arch}
+    columns = [[(key, kind, {k: _fill(v, subst) for k, v in values.items()}, min_size, title)
+                for key, kind, values, min_size, title in column] for column in EXAMPLE_COLUMNS]
+    return build_workflow(page, f"erase_{arch}", columns, EXAMPLE_LINKS, out_dir)
+
+
+# Compare examples (SD1.5): erase with a preset, then ScaPre Compare of the original and the edited MODEL.
+_COMPARE_LINKS = [
+    ("ckpt", "CLIP", "enc", "clip"), ("ckpt", "MODEL", "erase", "model"), ("enc", 0, "erase", "concepts"),
+    ("ckpt", "MODEL", "cmp", "original"), ("erase", 0, "cmp", "edited"), ("ckpt", "CLIP", "cmp", "clip"),
+    ("ckpt", "VAE", "cmp", "vae"), ("enc", 0, "cmp", "concepts"), ("cmp", 0, "prev", "images"),
+]
+
+
+def _compare_columns(encode: dict, preset: str, compare: dict) -> list:
+    settings = {"seed": 0, "images_per_prompt": 2, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                "scheduler": "normal", "width": 512, "height": 512, "classifiers": "auto", **compare}
+    return [
+        [("ckpt", "CheckpointLoaderSimple", {"ckpt_name": EXAMPLES["sd15"][0]}, (300, 0), None)],
+        [("enc", "ScaPreConceptEncode", {"expand_templates": False, "templates": "", "guide": "", "preserve": "",
+                                         "probes": "", **encode}, (420, 620), None),
+         ("erase", "ScaPreEraseSimple", {"preset": preset, "strength": 1.0, "seed": 0, **_FIXED_SEED}, (300, 0),
+          None)],
+        [("cmp", "ScaPreCompare", settings, (420, 760), None)],
+        [("prev", "PreviewImage", {}, (520, 620), "Compare grid")],
+    ]
+
+
+#: name -> (columns, links): erase an artist and compare with look-alikes; erase explicit content and compare;
+#: erase a list of objects and compare on kept classes.
+COMPARE_EXAMPLES = {
+    "compare_artist_sd15": (_compare_columns(
+        {"concepts": "Van Gogh", "concept_type": "style"}, "artists",
+        {"erased_prompts": "The Starry Night by Vincent van Gogh\nsunflowers in a vase, painted by Van Gogh",
+         "kept_prompts": "a painting in the style of Paul Gauguin\na painting in the style of Paul Cezanne\n"
+                         "a painting in the style of Claude Monet\na painting in the style of Henri de "
+                         "Toulouse-Lautrec\na photo of a wheat field under a starry sky"}), _COMPARE_LINKS),
+    "compare_explicit_sd15": (_compare_columns(
+        {"concepts": "nudity, nude, naked, topless, unclothed, erotic", "concept_type": "explicit"}, "explicit",
+        {"kept_prompts": "a person walking on a beach\na portrait of a woman in a red dress\n"
+                         "a man reading a book in a park\na family having dinner at home\n"
+                         "a marble statue in a museum"}), _COMPARE_LINKS),
+    "compare_objects_sd15": (_compare_columns(
+        {"concepts": "tench, English springer, cassette player, chain saw, church, French horn, garbage truck, "
+                     "gas pump, golf ball, parachute, African elephant, Granny Smith, acoustic guitar, airliner, "
+                     "backpack, banana, broccoli, cheeseburger, grand piano, laptop",
+         "concept_type": "object",
+         "probes": "goldfish, golden retriever, tabby, school bus, pizza, castle, violin, lemon"}, "many-objects",
+        {"images_per_prompt": 1}), _COMPARE_LINKS),
+}
+
+
 def _main(argv: list[str] | None = None) -> int:
     """``build-examples``: start ComfyUI (``$COMFYUI_PATH``) with this pack and rebuild the example workflows."""
     import argparse
@@ -385,7 +436,9 @@ def _main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("command", choices=["build-examples"])
-    parser.add_argument("--arch", choices=sorted(EXAMPLES), action="append", help="default: all")
+    parser.add_argument("--arch", choices=sorted(EXAMPLES), action="append", help="erase examples (default: all)")
+    parser.add_argument("--compare", choices=sorted(COMPARE_EXAMPLES), action="append",
+                        help="compare examples (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problem = browser_problem() or comfy_support.comfyui_path_problem()
@@ -398,8 +451,11 @@ def _main(argv: list[str] | None = None) -> int:
         with server:
             server.post("/settings", FRONTEND_SETTINGS)
             with ComfyPage(server.base_url, viewport=(2400, 1000)) as page:
-                for arch in args.arch or sorted(EXAMPLES):
+                everything = not args.arch and not args.compare
+                for arch in args.arch or (sorted(EXAMPLES) if everything else []):
                     build_example(page, arch)
+                for name in args.compare or (sorted(COMPARE_EXAMPLES) if everything else []):
+                    build_workflow(page, name, *COMPARE_EXAMPLES[name])
     return 0
 
 

@@ -185,6 +185,31 @@ def test_missing_classifier_is_reported_not_raised(scapre_nodes, sd15_loaded, cl
     assert "pip install something" in out[2]
 
 
+def test_classifier_measures_run_when_installed(scapre_nodes, sd15_loaded, clear_cache):
+    clf = _pack(scapre_nodes, "scapre_core.classifiers")
+    if clf.missing("imagenet") or clf.missing("nudenet") or not clf.imagenet_labels():
+        pytest.skip("comfyui-scapre[eval] packages not installed in this ComfyUI")
+    model, clip, vae = sd15_loaded
+    c = scapre_nodes
+    (concepts,) = c.run_node("ScaPreConceptEncode", clip=clip, concepts="tench", concept_type="object",
+                             expand_templates=False, templates="", guide="", preserve="", probes="goldfish")
+    out = _compare(c, model, model.clone(), clip, vae, concepts=concepts, classifiers="both")
+    result = _result(out)
+    assert not result["notes"]
+    by_prompt = {p["prompt"]: p for p in result["prompts"]}
+    assert by_prompt["an image of tench"]["imagenet_class"] == "tench"
+    assert by_prompt["goldfish in a scene"]["imagenet_class"] == "goldfish"
+    for p in result["prompts"]:
+        # a no-op edit: the classifier sees the same images on both sides
+        assert p["imagenet_original"] == p["imagenet_edited"] and 0 <= p["imagenet_edited"] <= 1
+        assert p["nudenet_original"] == p["nudenet_edited"] == 0  # noise images have no exposed parts
+    figures = result["classifiers"]
+    assert figures["imagenet"]["forgetting_accuracy"]["prompts"] == 2
+    assert figures["imagenet"]["kept_accuracy"]["prompts"] == 2
+    assert figures["nudenet"]["erased_exposed_per_image"]["edited"] == 0
+    assert "imagenet: forgetting accuracy" in out[2]
+
+
 def test_bad_inputs(scapre_nodes, sd15_loaded):
     model, clip, vae = sd15_loaded
     with pytest.raises(ValueError, match="nothing to compare"):

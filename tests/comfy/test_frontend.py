@@ -262,6 +262,24 @@ def test_example_loads_and_matches_schema(comfy_page, comfy_server, name):
     assert not _own_problems(comfy_page)
 
 
+@pytest.mark.parametrize("name", sorted(browser_support.COMPARE_EXAMPLES))
+def test_compare_example_loads_and_matches_schema(comfy_page, comfy_server, name):
+    """Each compare example opens without missing nodes, has its thumbnail, and the prompt the frontend builds
+    from it equals the one the harness builds from the file."""
+    workflow = _example(f"{name}.json")
+    assert (EXAMPLES / f"{name}.jpg").is_file()
+    comfy_page.load_workflow(workflow)
+    types = comfy_page.js("""() => scapreTest.graph()._nodes.map(
+        (n) => [n.type, !!LiteGraph.registered_node_types[n.type]])""")
+    assert sorted(t for t, _ in types) == sorted(n["type"] for n in workflow["nodes"])
+    assert all(known for _, known in types), types
+    expected = comfy_support.ui_workflow_to_api(workflow, comfy_server.object_info())
+    assert _inputs_only(_frontend_prompt(comfy_page)) == _inputs_only(expected)
+    (compare,) = [n for n in expected.values() if n["class_type"] == "ScaPreCompare"]
+    assert compare["inputs"]["original"][0] != compare["inputs"]["edited"][0]
+    assert not _own_problems(comfy_page)
+
+
 def test_legacy_erase_workflow_loads_with_its_values(comfy_page, comfy_server):
     """A workflow saved with the legacy ScaPreErase node opens with every widget value under its old name."""
     path = comfy_support.PACK_ROOT / "tests" / "comfy" / "fixtures" / "erase_sd15_legacy_node.json"

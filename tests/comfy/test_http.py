@@ -10,7 +10,8 @@ import comfy_support
 
 log = logging.getLogger("scapre.comfy_tests")
 
-EXAMPLE = comfy_support.PACK_ROOT / "example_workflows" / "erase_sd15.json"
+EXAMPLES = comfy_support.PACK_ROOT / "example_workflows"
+EXAMPLE = EXAMPLES / "erase_sd15.json"
 #: erase_sd15.json as saved before ScaPre Erase got presets: the node id ScaPreErase with its 25 widget values.
 LEGACY_WORKFLOW = Path(__file__).resolve().parent / "fixtures" / "erase_sd15_legacy_node.json"
 
@@ -129,26 +130,17 @@ def test_legacy_workflow_still_loads_and_runs(comfy_server, sd15_ckpt_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_compare_workflow_runs_over_http(comfy_server, sd15_ckpt_path):
-    """The example erase graph plus ScaPre Compare (original vs edited) and a Preview Image of its grid."""
-    prompt = _example_prompt(comfy_server, sd15_ckpt_path.name)
-    for node_id in (_nodes_of(prompt, "ScaPreSaveCheckpoint") + _nodes_of(prompt, "CheckpointSave")
-                    + _nodes_of(prompt, "ScaPreSaveLoRA")):
-        del prompt[node_id]
-    (loader,) = _nodes_of(prompt, "CheckpointLoaderSimple")
-    (encode,) = _nodes_of(prompt, "ScaPreConceptEncode")
-    (erase,) = _nodes_of(prompt, "ScaPreEraseSimple")
-    prompt["900"] = {"class_type": "ScaPreCompare", "inputs": {
-        "original": [loader, 0], "edited": [erase, 0], "clip": [loader, 1], "vae": [loader, 2],
-        "concepts": [encode, 0], "erased_prompts": "", "kept_prompts": "a red car", "seed": 3,
-        "images_per_prompt": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
-        "width": 64, "height": 64, "classifiers": "off"}}
-    prompt["901"] = {"class_type": "PreviewImage", "inputs": {"images": ["900", 0]}}
+def test_compare_example_runs_over_http(comfy_server, sd15_ckpt_path):
+    """The artist compare example (erase Van Gogh, compare with look-alike artists), with tiny sampling."""
+    prompt = _example_prompt(comfy_server, sd15_ckpt_path.name, EXAMPLES / "compare_artist_sd15.json")
+    (compare,) = _nodes_of(prompt, "ScaPreCompare")
+    prompt[compare]["inputs"].update(images_per_prompt=1, steps=1, cfg=1.0, width=64, height=64)
     entry = comfy_server.run(prompt, timeout=1500)
-    (result,) = entry["outputs"]["900"]["scapre_compare"]
-    kinds = {p["kind"] for p in result["prompts"]}
-    assert kinds == {"erased", "kept"} and result["erasure"] > 0
-    assert all(0 <= p["change"] <= 1 for p in result["prompts"])
+    (result,) = entry["outputs"][compare]["scapre_compare"]
+    erased = [p for p in result["prompts"] if p["kind"] == "erased"]
+    kept = [p["prompt"] for p in result["prompts"] if p["kind"] == "kept"]
+    assert len(erased) == 4 and "a painting in the style of Claude Monet" in kept
+    assert result["erasure"] > 0 and all(0 <= p["change"] <= 1 for p in result["prompts"])
     saved = Path(comfy_server.output_dir) / result["file"]
     assert saved.is_file() and json.loads(saved.read_text())["erasure"] == result["erasure"]
-    assert entry["outputs"]["901"]["images"]
+    assert comfy_server.output_files(entry)  # the grid's Preview Image
