@@ -6,15 +6,20 @@ config's Informax seed; the original and every edit draw from the same noise):
 
 * ``forget``: share of pictures for prompts naming an erased concept in which the judge still reads it (the
   colour, shape or style; both colour and shape for a pair). Lower is better; the unedited row gives the start.
-* ``keep_look``: share of pictures for look-alike prompts (orange and pink when red is erased, ring for circle,
-  dotted for striped; for a pair, the same colour with another shape or the same shape in another colour) that
-  the judge reads exactly as asked (colour, shape and style). Higher is better.
+* ``keep_look``: for look-alike prompts (orange and pink when red is erased, ring for circle, dotted for striped;
+  for a pair, the same colour with another shape or the same shape in another colour), the share of pictures
+  in which everything the unedited model drew as asked from the same noise is still drawn as asked (counting
+  the attributes of ``--keep``: colour and style by default; shape is left out because this world draws shapes
+  poorly, so their reading flips under any change); pictures where the unedited model got nothing right are
+  left out. Paired, so that it measures the edit, not the world's own errors. 1 for the unedited model; higher
+  is better.
 * ``keep_other``: the same for prompts sharing no word, and no look-alike word, with the erased concepts.
 * ``quality``: the judge's mean probability of the asked colour, shape and style on all kept prompts.
 Brackets are 95 % Wilson intervals (quality: mean +- 1.96 standard errors).
 
-Methods: the published settings (SPEC "Published settings"; ``PUBLISHED`` below), the pack's defaults, each also
-with preserve prompts (the look-alike words of the erased concepts, and for a pair its two words: what a user
+Methods: the published settings (SPEC "Published settings"; ``PUBLISHED`` below) and the pack's defaults; four of them
+(uce, many-objects, explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike words
+of the erased concepts, and for a pair its two words: what a user
 protects), and a strength range (``erase_scale`` times 0.5 and 2). Usage (repo root)::
 
     python benchmarks/miniworld/bench.py                     # trains or loads the world, then the whole benchmark
@@ -41,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` and ``scapr
 
 from scapre_core import ScaPreConfig
 
-from .evaluate import Ask, accuracy, concept_set, draw, edited_unet, read, wilson
+from .evaluate import Ask, Reading, accuracy, asked_indices, concept_set, draw, edited_unet, read, wilson
 from .train import JudgeConfig, TrainConfig, cache_dir, get_judge, get_world, load_world
 from .world import COLOUR_NAMES, SHAPES, STYLES, lookalikes
 
@@ -69,6 +74,11 @@ CONCEPT_SETS: dict[str, list[str]] = {
     "20 pairs": [f"{c} {s}" for c in ("red", "orange", "yellow", "green", "cyan")
                  for s in ("circle", "square", "triangle", "cross")],
 }
+#: Prompts per erased concept, per look-alike word (or pair), and unrelated prompts, for each set.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "1 colour": (12, 6, 12), "1 shape": (12, 6, 12), "1 style": (12, 6, 12), "5 mixed": (4, 2, 10),
+    "20 pairs": (1, 1, 10),
+}
 
 
 @dataclass(frozen=True)
@@ -83,10 +93,13 @@ class Method:
         return base.replace(erase_scale=base.erase_scale * self.strength, seed=seed)
 
 
-def methods(strengths: tuple[float, ...] = (0.5, 2.0)) -> list[Method]:
+def methods(full: bool = False) -> list[Method]:
+    """Every published setting and the defaults; with preserve prompts and at half and double strength: all of
+    them with ``full``, else those that the 2-core budget allows (uce, many-objects, explicit, custom)."""
+    with_options = list(PUBLISHED) if full else ["uce", "many-objects", "explicit", "custom"]
     out = [Method(name, name) for name in PUBLISHED]
-    out += [Method(f"{name} +preserve", name, preserve=True) for name in PUBLISHED]
-    out += [Method(f"{name} x{s:g}", name, strength=s) for name in PUBLISHED for s in strengths]
+    out += [Method(f"{name} +preserve", name, preserve=True) for name in with_options]
+    out += [Method(f"{name} x{s:g}", name, strength=s) for name in with_options if name != "uce" for s in (0.5, 2.0)]
     return out
 
 
@@ -173,7 +186,15 @@ def build_case(concepts: list[str], per_concept: int, per_lookalike: int, unrela
     return Case(tuple(asks), tuple(roles), tuple(names), tuple(preserve))
 
 
-def _reads_concept(reading, i: int, concept: str) -> bool:
+ATTRIBUTES = ("colour", "shape", "style")
+
+
+def _hits(reading: Reading, asks: list[Ask]) -> torch.Tensor:
+    c, s, st = asked_indices(asks)
+    return torch.stack([reading.colour == c, reading.shape == s, reading.style == st], dim=1)
+
+
+def _reads_concept(reading: Reading, i: int, concept: str) -> bool:
     words = concept.split()
     if len(words) == 2:
         return (COLOUR_NAMES[int(reading.colour[i])], SHAPES[int(reading.shape[i])]) == tuple(words)
@@ -194,15 +215,19 @@ class Tally:
     def empty(cls) -> Tally:
         return cls([], [], [], [])
 
-    def add(self, case: Case, reading, asks: list[Ask]) -> None:
-        correct = reading.correct(asks)
-        for i, role in enumerate(case.roles * (len(asks) // len(case.roles))):
-            concept = case.concepts[i % len(case.roles)]
+    def add(self, case: Case, reading: Reading, asks: list[Ask], base: Reading, keep: tuple[str, ...]) -> None:
+        """``base``: the unedited model's reading of the pictures drawn from the same noise; ``keep``: the
+        attributes that retention counts."""
+        cols = [ATTRIBUTES.index(a) for a in keep]
+        now, before = _hits(reading, asks)[:, cols], _hits(base, asks)[:, cols]
+        for i in range(len(asks)):
+            role, concept = case.roles[i % len(case.roles)], case.concepts[i % len(case.roles)]
             if role == "erased":
                 self.forget.append(int(_reads_concept(reading, i, concept)))
-            else:
-                (self.look if role == "look" else self.other).append(int(correct[i]))
-                self.quality.append(float(reading.asked_prob[i]))
+                continue
+            if bool(before[i].any()):  # kept: what the original drew right is still drawn right
+                (self.look if role == "look" else self.other).append(int(bool(now[i][before[i]].all())))
+            self.quality.append(float(reading.asked_prob[i]))
 
     def summary(self) -> dict:
         def rate(xs: list[int]) -> dict:
@@ -217,7 +242,8 @@ class Tally:
 
 
 def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Method], seeds: tuple[int, ...],
-            images: int, sizes: tuple[int, int, int], steps: int, guidance: float) -> tuple[dict, dict]:
+            images: int, sizes: tuple[int, int, int], steps: int, guidance: float,
+            keep: tuple[str, ...]) -> tuple[dict, dict]:
     case = build_case(concepts, *sizes)
     asks = list(case.asks) * images
     log.info("%s: %d concepts, %d prompts (%d erased, %d look-alike, %d other) x %d images x %d seeds; preserve %s",
@@ -228,14 +254,15 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
     sets = {False: concept_set(world, concepts), True: concept_set(world, concepts, list(case.preserve))}
     for seed in seeds:
         base = draw(world, asks, seed, steps=steps, guidance=guidance)
-        tallies["unedited"].add(case, read(judge, base, asks), asks)
+        base_reading = read(judge, base, asks)
+        tallies["unedited"].add(case, base_reading, asks, base_reading, keep)
         if seed == seeds[0]:
             pictures["unedited"] = base[:len(case.asks)]
         for m in all_methods:
             start = time.perf_counter()
             unet = edited_unet(world, sets[m.preserve], m.config(seed))
             imgs = draw(world, asks, seed, unet=unet, steps=steps, guidance=guidance)
-            tallies[m.label].add(case, read(judge, imgs, asks), asks)
+            tallies[m.label].add(case, read(judge, imgs, asks), asks, base_reading, keep)
             if seed == seeds[0]:
                 pictures[m.label] = imgs[:len(case.asks)]
             log.info("%s seed %d %-24s %.1f s  %s", name, seed, m.label, time.perf_counter() - start,
@@ -332,18 +359,22 @@ def save_pareto(path: Path, results: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Concept erasure measured in images in a miniature world.")
-    parser.add_argument("--sets", nargs="+", default=list(CONCEPT_SETS), choices=list(CONCEPT_SETS))
-    parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: all)")
+    parser.add_argument("--sets", nargs="+", default=["1 colour", "5 mixed", "20 pairs"], choices=list(CONCEPT_SETS))
+    parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: see --all-methods)")
+    parser.add_argument("--all-methods", action="store_true",
+                        help="preserve prompts and strengths for every published setting, not only four")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--images", type=int, default=2, help="pictures per prompt and seed")
-    parser.add_argument("--per-concept", type=int, default=6, help="prompts per erased concept")
-    parser.add_argument("--per-lookalike", type=int, default=4, help="prompts per look-alike word or pair")
-    parser.add_argument("--unrelated", type=int, default=16, help="unrelated prompts")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--images", type=int, default=1, help="pictures per prompt and seed (see SIZES)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default ${SCAPRE_MINIWORLD_OUT:-<cache>/results})")
+    parser.add_argument("--keep", nargs="+", default=["colour", "style"], choices=ATTRIBUTES,
+                        help="attributes that retention counts (default leaves out shape, which this world draws "
+                             "poorly: a blob's shape reading flips under any change)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-accuracy", dest="accuracy", action="store_false",
+                        help="skip the unedited model's accuracy over all 240 prompts")
     parser.add_argument("--world-steps", type=int, default=TrainConfig.steps, help="training steps of the world")
     parser.add_argument("--world", type=Path, default=None,
                         help="a saved world file to use instead (e.g. a checkpoint written during training)")
@@ -355,18 +386,17 @@ def main() -> None:
 
     judge, judge_acc = get_judge(JudgeConfig())
     world = load_world(args.world) if args.world else get_world(TrainConfig(steps=args.world_steps))
-    all_methods = methods()
+    all_methods = methods(args.all_methods)
     if args.methods:
         all_methods = [m for m in all_methods if m.label in args.methods]
     start = time.perf_counter()
-    acc = accuracy(world, judge, seeds=(100,), steps=args.steps, guidance=args.guidance)
-    log.info("unedited model, all %d colour x shape x style prompts: judge reads %s (%.0f s)", acc["images"], acc,
+    acc = accuracy(world, judge, seeds=(100,), steps=args.steps, guidance=args.guidance) if args.accuracy else {}
+    log.info("unedited model, all colour x shape x style prompts: judge reads %s (%.0f s)", acc,
              time.perf_counter() - start)
     results, extras = {}, {}
     for name in args.sets:
         results[name], extras[name] = run_set(world, judge, name, CONCEPT_SETS[name], all_methods, tuple(args.seeds),
-                                              args.images, (args.per_concept, args.per_lookalike, args.unrelated),
-                                              args.steps, args.guidance)
+                                              args.images, SIZES[name], args.steps, args.guidance, tuple(args.keep))
     report = {
         "world": {"train": world.config.key(), "steps": world.trained_steps, "schedule_steps": world.config.steps,
                   "seconds": world.seconds,

@@ -47,11 +47,11 @@ class Reading:
 
     def correct(self, asks: list[Ask]) -> torch.Tensor:
         """[n] booleans: colour, shape and style all read as asked."""
-        c, s, st = _indices(asks)
+        c, s, st = asked_indices(asks)
         return (self.colour == c) & (self.shape == s) & (self.style == st)
 
 
-def _indices(asks: list[Ask]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def asked_indices(asks: list[Ask]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return (torch.tensor([COLOUR_NAMES.index(a.colour) for a in asks]),
             torch.tensor([SHAPES.index(a.shape) for a in asks]),
             torch.tensor([STYLES.index(a.style) for a in asks]))
@@ -73,7 +73,7 @@ def draw(world: World, asks: list[Ask], seed: int, unet: UNet | None = None, ste
 
 def read(judge: Judge, images: torch.Tensor, asks: list[Ask]) -> Reading:
     pc, ps, pst = judge.probs(images)
-    c, s, st = _indices(asks)
+    c, s, st = asked_indices(asks)
     asked = (pc.gather(1, c[:, None]) + ps.gather(1, s[:, None]) + pst.gather(1, st[:, None])).squeeze(1) / 3
     return Reading(pc.argmax(1), ps.argmax(1), pst.argmax(1), asked)
 
@@ -124,7 +124,7 @@ def accuracy(world: World, judge: Judge, seeds: tuple[int, ...] = (0,), steps: i
     n = 0
     for seed in seeds:
         r = read(judge, draw(world, asks, seed, steps=steps, guidance=guidance), asks)
-        c, s, st = _indices(asks)
+        c, s, st = asked_indices(asks)
         hits["colour"] += int((r.colour == c).sum())
         hits["shape"] += int((r.shape == s).sum())
         hits["style"] += int((r.style == st).sum())

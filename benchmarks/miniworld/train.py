@@ -48,6 +48,7 @@ class TrainConfig:
     min_lr_share: float = 0.05  # cosine decay to this share of lr
     ema: float = 0.998
     seed: int = 0
+    colours_only: bool = False  # the simpler world of quick tests (solid circles; see ``sample_batch``)
 
     def key(self) -> str:
         text = json.dumps({**asdict(self), "model": self.model.to_dict()}, sort_keys=True)
@@ -105,7 +106,7 @@ def train_world(cfg: TrainConfig, log_every: int = 200,
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        batch = sample_batch(cfg.batch, g, cfg.model.size)
+        batch = sample_batch(cfg.batch, g, cfg.model.size, colours_only=cfg.colours_only)
         ids = torch.stack([tokenize(p)[0] for p in batch.prompts])
         t = torch.randint(schedule.steps, (cfg.batch,), generator=g)
         noise = torch.randn(batch.images.shape, generator=g)
@@ -119,8 +120,8 @@ def train_world(cfg: TrainConfig, log_every: int = 200,
         decay = min(cfg.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-        running += float(per_image.mean())
-        recent.append(float(per_image.mean()))
+        running += float(per_image.detach().mean())
+        recent.append(float(per_image.detach().mean()))
         recent = recent[-200:]
         if log_every and (step + 1) % log_every == 0:
             log.info("step %d/%d  eps loss %.4f  (%.0f s)", step + 1, cfg.steps, running / log_every,

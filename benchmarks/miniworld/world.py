@@ -146,15 +146,25 @@ def render(colour: torch.Tensor, shape: torch.Tensor, style: torch.Tensor, g: to
     return img * 2 - 1
 
 
-def sample_batch(n: int, g: torch.Generator, size: int = 16, with_prompts: bool = True) -> Batch:
-    """``n`` random pictures and, with ``with_prompts``, a training prompt for each (see ``PROMPT_KINDS``)."""
+def sample_batch(n: int, g: torch.Generator, size: int = 16, with_prompts: bool = True,
+                 colours_only: bool = False) -> Batch:
+    """``n`` random pictures and, with ``with_prompts``, a training prompt for each (see ``PROMPT_KINDS``).
+
+    ``colours_only`` draws a simpler world for quick tests: solid circles of every colour, prompts naming colour
+    and shape, or empty."""
     colour = torch.randint(len(COLOURS), (n,), generator=g)
-    shape = torch.randint(len(SHAPES), (n,), generator=g)
-    style = torch.multinomial(torch.tensor(STYLE_P), n, replacement=True, generator=g)
+    if colours_only:
+        shape = torch.zeros(n, dtype=torch.long)
+        style = torch.zeros(n, dtype=torch.long)
+        kind_p = [PROMPT_KINDS["full"], 0.0, 0.0, PROMPT_KINDS["empty"]]
+    else:
+        shape = torch.randint(len(SHAPES), (n,), generator=g)
+        style = torch.multinomial(torch.tensor(STYLE_P), n, replacement=True, generator=g)
+        kind_p = list(PROMPT_KINDS.values())
     images = render(colour, shape, style, g, size)
     prompts: tuple[str, ...] = ()
     if with_prompts:
-        kinds = torch.multinomial(torch.tensor(list(PROMPT_KINDS.values())), n, replacement=True, generator=g)
+        kinds = torch.multinomial(torch.tensor(kind_p), n, replacement=True, generator=g)
         templates = torch.randint(len(TEMPLATES), (n,), generator=g)
         names = list(PROMPT_KINDS)
         out = []
