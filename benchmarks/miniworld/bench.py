@@ -8,11 +8,9 @@ config's Informax seed; the original and every edit draw from the same noise):
   colour, shape or style; both colour and shape for a pair). Lower is better; the unedited row gives the start.
 * ``keep_look``: for look-alike prompts (orange and pink when red is erased, ring for circle, dotted for striped;
   for a pair, the same colour with another shape or the same shape in another colour), the share of pictures
-  in which everything the unedited model drew as asked from the same noise is still drawn as asked (counting
-  the attributes of ``--keep``: colour and style by default; shape is left out because this world draws shapes
-  poorly, so their reading flips under any change); pictures where the unedited model got nothing right are
-  left out. Paired, so that it measures the edit, not the world's own errors. 1 for the unedited model; higher
-  is better.
+  in which everything the unedited model drew as asked from the same noise (colour, shape, style; see ``--keep``)
+  is still drawn as asked; pictures where the unedited model got nothing right are left out. Paired, so that
+  it measures the edit, not the world's own errors. 1 for the unedited model; higher is better.
 * ``keep_other``: the same for prompts sharing no word, and no look-alike word, with the erased concepts.
 * ``quality``: the judge's mean probability of the asked colour, shape and style on all kept prompts.
 Brackets are 95 % Wilson intervals (quality: mean +- 1.96 standard errors).
@@ -357,32 +355,59 @@ def save_pareto(path: Path, results: dict[str, dict]) -> None:
     plt.close(fig)
 
 
+def merge(folders: list[Path], out: Path) -> None:
+    """One report from several runs' ``results.json`` (their world, judge and settings must agree)."""
+    reports = [json.loads((f / "results.json").read_text()) for f in folders]
+    merged = dict(reports[0])
+    merged["results"], merged["concept_sets"], merged["preserve"] = {}, {}, {}
+    for r in reports:
+        if r["world"]["train"] != merged["world"]["train"] or r["world"]["steps"] != merged["world"]["steps"]:
+            raise ValueError("these runs used different worlds")
+        if r["world"].get("accuracy"):
+            merged["world"]["accuracy"] = r["world"]["accuracy"]
+        for k in ("results", "concept_sets", "preserve"):
+            merged[k].update(r[k])
+    merged["merged_from"] = [str(f) for f in folders]
+    (out / "results.json").write_text(json.dumps(merged, indent=1, default=str))
+    text = table(merged["results"])
+    (out / "table.md").write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    save_pareto(out / "pareto.png", merged["results"])
+    log.info("merged %d runs into %s", len(folders), out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Concept erasure measured in images in a miniature world.")
-    parser.add_argument("--sets", nargs="+", default=["1 colour", "5 mixed", "20 pairs"], choices=list(CONCEPT_SETS))
+    parser.add_argument("--sets", nargs="+", default=list(CONCEPT_SETS), choices=list(CONCEPT_SETS))
     parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: see --all-methods)")
     parser.add_argument("--all-methods", action="store_true",
                         help="preserve prompts and strengths for every published setting, not only four")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--images", type=int, default=1, help="pictures per prompt and seed (see SIZES)")
+    parser.add_argument("--images", type=int, default=2, help="pictures per prompt and seed (see SIZES)")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default ${SCAPRE_MINIWORLD_OUT:-<cache>/results})")
-    parser.add_argument("--keep", nargs="+", default=["colour", "style"], choices=ATTRIBUTES,
-                        help="attributes that retention counts (default leaves out shape, which this world draws "
-                             "poorly: a blob's shape reading flips under any change)")
+    parser.add_argument("--keep", nargs="+", default=list(ATTRIBUTES), choices=ATTRIBUTES,
+                        help="attributes that retention counts (all by default; leave out any that a world draws "
+                             "poorly, whose reading then flips under any change)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false",
                         help="skip the unedited model's accuracy over all 240 prompts")
     parser.add_argument("--world-steps", type=int, default=TrainConfig.steps, help="training steps of the world")
     parser.add_argument("--world", type=Path, default=None,
                         help="a saved world file to use instead (e.g. a checkpoint written during training)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="only merge the results.json of these output folders (runs split over processes) into "
+                             "one table and Pareto plot in --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     out = args.out or Path(os.environ.get("SCAPRE_MINIWORLD_OUT", cache_dir() / "results"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(args.merge, out)
+        return
 
     judge, judge_acc = get_judge(JudgeConfig())
     world = load_world(args.world) if args.world else get_world(TrainConfig(steps=args.world_steps))
