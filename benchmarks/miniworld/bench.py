@@ -15,13 +15,21 @@ config's Informax seed; the original and every edit draw from the same noise):
 * ``quality``: the judge's mean probability of the asked colour, shape and style on all kept prompts.
 Brackets are 95 % Wilson intervals (quality: mean +- 1.96 standard errors).
 
-Methods: the published settings (SPEC "Published settings"; ``PUBLISHED`` below) and the pack's defaults; four of them
-(uce, many-objects, explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike words
-of the erased concepts, and for a pair its two words: what a user
-protects), and a strength range (``erase_scale`` times 0.5 and 2). Usage (repo root)::
+Methods: the published settings (SPEC "Published settings"; ``PUBLISHED`` below) and the pack's defaults; four of
+them (uce, many-objects, explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike
+words of the erased concepts, and for a pair its two words: what a user protects) and at half and double strength
+(``erase_scale`` times 0.5 and 2); ``--beyond`` adds settings beyond the paper (no Bures step). Usage (repo root)::
 
-    python benchmarks/miniworld/bench.py                     # trains or loads the world, then the whole benchmark
+    python benchmarks/miniworld/bench.py --all-methods       # trains or loads the world, then every set and method
     python benchmarks/miniworld/bench.py --sets "1 colour" --seeds 0
+    # split over processes, then one table and plot:
+    python benchmarks/miniworld/bench.py --all-methods --sets "1 colour" "1 shape" "20 pairs" --out R/a
+    python benchmarks/miniworld/bench.py --all-methods --sets "5 mixed" "1 style" --no-accuracy --out R/b
+    python benchmarks/miniworld/bench.py --merge R/a R/b --out R
+
+Outputs (default ``${SCAPRE_MINIWORLD_OUT:-~/.cache/scapre-miniworld/results}``, outside the repository):
+``results.json``, ``table.md``, ``grid-<set>.png`` (pictures of the first seed, one row per method) and
+``pareto.png`` (forgetting against retention, every set and method).
 """
 
 from __future__ import annotations
@@ -85,10 +93,11 @@ class Method:
     preset: str
     strength: float = 1.0
     preserve: bool = False
+    changes: tuple[tuple[str, object], ...] = ()  # settings beyond the published ones (``--beyond``)
 
     def config(self, seed: int) -> ScaPreConfig:
         base = PUBLISHED[self.preset]
-        return base.replace(erase_scale=base.erase_scale * self.strength, seed=seed)
+        return base.replace(erase_scale=base.erase_scale * self.strength, seed=seed, **dict(self.changes))
 
 
 def methods(full: bool = False) -> list[Method]:
@@ -98,6 +107,16 @@ def methods(full: bool = False) -> list[Method]:
     out = [Method(name, name) for name in PUBLISHED]
     out += [Method(f"{name} +preserve", name, preserve=True) for name in with_options]
     out += [Method(f"{name} x{s:g}", name, strength=s) for name in with_options if name != "uce" for s in (0.5, 2.0)]
+    return out
+
+
+def beyond() -> list[Method]:
+    """Settings beyond the paper, to look for a better one: no Bures step (it pulls every row back towards its
+    original norm and direction), with and without preserve prompts."""
+    out = []
+    for name in ("explicit", "custom", "many-objects"):
+        out.append(Method(f"{name} bures0", name, changes=(("bures_iters", 0),)))
+        out.append(Method(f"{name} bures0 +preserve", name, preserve=True, changes=(("bures_iters", 0),)))
     return out
 
 
@@ -380,6 +399,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Concept erasure measured in images in a miniature world.")
     parser.add_argument("--sets", nargs="+", default=list(CONCEPT_SETS), choices=list(CONCEPT_SETS))
     parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: see --all-methods)")
+    parser.add_argument("--beyond", action="store_true", help="also settings beyond the paper (see ``beyond``)")
     parser.add_argument("--all-methods", action="store_true",
                         help="preserve prompts and strengths for every published setting, not only four")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -411,7 +431,7 @@ def main() -> None:
 
     judge, judge_acc = get_judge(JudgeConfig())
     world = load_world(args.world) if args.world else get_world(TrainConfig(steps=args.world_steps))
-    all_methods = methods(args.all_methods)
+    all_methods = methods(args.all_methods) + (beyond() if args.beyond else [])
     if args.methods:
         all_methods = [m for m in all_methods if m.label in args.methods]
     start = time.perf_counter()
