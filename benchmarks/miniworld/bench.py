@@ -439,26 +439,24 @@ def main() -> None:
     log.info("unedited model, all colour x shape x style prompts: judge reads %s (%.0f s)", acc,
              time.perf_counter() - start)
     results, extras = {}, {}
+    rows = ["unedited", *(m.label for m in all_methods)]
     for name in args.sets:
         results[name], extras[name] = run_set(world, judge, name, CONCEPT_SETS[name], all_methods, tuple(args.seeds),
                                               args.images, SIZES[name], args.steps, args.guidance, tuple(args.keep))
-    report = {
-        "world": {"train": world.config.key(), "steps": world.trained_steps, "schedule_steps": world.config.steps,
-                  "seconds": world.seconds,
-                  "final_loss": world.final_loss, "accuracy": acc},
-        "judge": judge_acc,
-        "settings": vars(args) | {"out": str(out)},
-        "concept_sets": {k: CONCEPT_SETS[k] for k in args.sets},
-        "preserve": {k: list(e["case"].preserve) for k, e in extras.items()},
-        "results": results,
-    }
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+        report = {
+            "world": {"train": world.config.key(), "steps": world.trained_steps, "schedule_steps": world.config.steps,
+                      "seconds": world.seconds, "final_loss": world.final_loss, "accuracy": acc},
+            "judge": judge_acc,
+            "settings": vars(args) | {"out": str(out)},
+            "concept_sets": {k: CONCEPT_SETS[k] for k in results},
+            "preserve": {k: list(e["case"].preserve) for k, e in extras.items()},
+            "results": results,
+        }
+        (out / "results.json").write_text(json.dumps(report, indent=1, default=str))  # after every set
+        save_grid(out / f"grid-{name.replace(' ', '-')}.png", extras[name], rows)
     text = table(results)
     (out / "table.md").write_text(text + "\n")
     sys.stdout.write(text + "\n")
-    rows = ["unedited", *(m.label for m in all_methods)]
-    for name, extra in extras.items():
-        save_grid(out / f"grid-{name.replace(' ', '-')}.png", extra, rows)
     save_pareto(out / "pareto.png", results)
     log.info("wrote %s (results.json, table.md, grid-*.png, pareto.png) in %.0f s", out, time.perf_counter() - start)
 
