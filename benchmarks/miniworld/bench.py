@@ -114,7 +114,7 @@ def beyond() -> list[Method]:
     """Settings beyond the paper, to look for a better one: no Bures step (it pulls every row back towards its
     original norm and direction), with and without preserve prompts."""
     out = []
-    for name in ("explicit", "custom", "many-objects"):
+    for name in ("explicit", "custom"):
         out.append(Method(f"{name} bures0", name, changes=(("bures_iters", 0),)))
         out.append(Method(f"{name} bures0 +preserve", name, preserve=True, changes=(("bures_iters", 0),)))
     return out
