@@ -1,0 +1,133 @@
+"""Drawing with a world's model and reading the pictures with the judge; the edit through ``scapre_core``.
+
+The edit goes the way the ScaPre nodes do it: each concept prompt (the concept's words, no templates) encoded with
+the world's text encoder, its last word token's index, guides = the empty prompt (last index 0), optional
+preserve prompts, ``ConceptSet.from_embeddings``, then ``scapre_core.erase`` on every ``attn2.to_k`` /
+``attn2.to_v`` weight of the UNet.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from scapre_core import ConceptSet, ScaPreConfig, erase
+
+from .judge import Judge
+from .model import UNet, cross_attention_weights
+from .train import World
+from .world import COLOUR_NAMES, SHAPES, STYLES, prompt
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One prompt to draw: what it names (``style`` "solid" when it names none) and its template."""
+
+    colour: str
+    shape: str
+    style: str = "solid"
+    template: int = 1
+
+    @property
+    def text(self) -> str:
+        return prompt(self.colour, self.shape, self.style, self.template)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The judge's reading of drawn pictures: argmax indices and the probability of what was asked."""
+
+    colour: torch.Tensor  # [n] indices
+    shape: torch.Tensor
+    style: torch.Tensor
+    asked_prob: torch.Tensor  # [n] mean probability of the asked colour, shape and style
+
+    def correct(self, asks: list[Ask]) -> torch.Tensor:
+        """[n] booleans: colour, shape and style all read as asked."""
+        c, s, st = asked_indices(asks)
+        return (self.colour == c) & (self.shape == s) & (self.style == st)
+
+
+def asked_indices(asks: list[Ask]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.tensor([COLOUR_NAMES.index(a.colour) for a in asks]),
+            torch.tensor([SHAPES.index(a.shape) for a in asks]),
+            torch.tensor([STYLES.index(a.style) for a in asks]))
+
+
+def draw(world: World, asks: list[Ask], seed: int, unet: UNet | None = None, steps: int = 20,
+         guidance: float = 4.0) -> torch.Tensor:
+    """One picture per ask, from starting noise fixed by ``seed`` and the ask's position (so an edited UNet
+    draws from the same noise as the original)."""
+    texts = sorted({a.text for a in asks} | {""})
+    enc, _ = world.encode(texts)
+    by_text = dict(zip(texts, enc, strict=True))
+    cond = torch.stack([by_text[a.text] for a in asks])
+    g = torch.Generator().manual_seed(seed)
+    size = world.config.model.size
+    noise = torch.randn(len(asks), 3, size, size, generator=g)
+    return world.schedule.ddim(unet or world.unet, cond, by_text[""], noise, steps=steps, guidance=guidance)
+
+
+def read(judge: Judge, images: torch.Tensor, asks: list[Ask]) -> Reading:
+    pc, ps, pst = judge.probs(images)
+    c, s, st = asked_indices(asks)
+    asked = (pc.gather(1, c[:, None]) + ps.gather(1, s[:, None]) + pst.gather(1, st[:, None])).squeeze(1) / 3
+    return Reading(pc.argmax(1), ps.argmax(1), pst.argmax(1), asked)
+
+
+def concept_set(world: World, concepts: list[str], preserve: list[str] = ()) -> ConceptSet:
+    """The nodes' text side: concept prompts as typed, guided to the empty prompt, optional preserve prompts."""
+    erase_enc, erase_last = world.encode(list(concepts))
+    (empty,), _ = world.encode([""])
+    kwargs = {}
+    if preserve:
+        pres_enc, pres_last = world.encode(list(preserve))
+        kwargs = {"preserve": list(pres_enc), "preserve_last": pres_last, "preserve_texts": list(preserve)}
+    return ConceptSet.from_embeddings(list(erase_enc), erase_last, [empty] * len(concepts), [0] * len(concepts),
+                                      empty, erase_texts=list(concepts), guide_texts=[""] * len(concepts), **kwargs)
+
+
+def edited_unet(world: World, concepts: ConceptSet, config: ScaPreConfig) -> UNet:
+    """A copy of the world's UNet with every ``attn2.to_k`` / ``attn2.to_v`` weight edited by ``scapre_core``."""
+    edited = erase(cross_attention_weights(world.unet), concepts, config)
+    unet = copy.deepcopy(world.unet)
+    _missing, unexpected = unet.load_state_dict(edited, strict=False)
+    if unexpected:
+        raise RuntimeError(f"edit returned unknown weights {unexpected}")
+    return unet
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % by default); (nan, nan) when ``n`` is 0."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def all_asks(templates: tuple[int, ...] = (1,), styles: tuple[str, ...] = STYLES) -> list[Ask]:
+    """Every colour x shape x style, with the given templates."""
+    return [Ask(c, s, st, t) for t in templates for st in styles for c in COLOUR_NAMES for s in SHAPES]
+
+
+def accuracy(world: World, judge: Judge, seeds: tuple[int, ...] = (0,), steps: int = 20, guidance: float = 4.0,
+             templates: tuple[int, ...] = (1,)) -> dict[str, float]:
+    """How often the world's model draws what is asked, over all combinations (the judge's reading)."""
+    asks = all_asks(templates)
+    hits = {"colour": 0, "shape": 0, "style": 0, "all": 0}
+    n = 0
+    for seed in seeds:
+        r = read(judge, draw(world, asks, seed, steps=steps, guidance=guidance), asks)
+        c, s, st = asked_indices(asks)
+        hits["colour"] += int((r.colour == c).sum())
+        hits["shape"] += int((r.shape == s).sum())
+        hits["style"] += int((r.style == st).sum())
+        hits["all"] += int(r.correct(asks).sum())
+        n += len(asks)
+    return {k: round(v / n, 4) for k, v in hits.items()} | {"images": n}
