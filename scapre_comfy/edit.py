@@ -50,10 +50,11 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                             device=device)
     diffs = {}
     start = time.perf_counter()
-    for name, edited in erase_iter(weights, concepts.erase, config, given, step, device=device):
+    for name, change in erase_iter(weights, concepts.erase, config, given, step, device=device, changes=True):
         original = weights[name]
-        builder.add(name, original, edited)
-        diffs[name] = edited - original
+        change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
+        builder.add(name, original, original + change)
+        diffs[name] = change
     seconds = time.perf_counter() - start
     report = builder.build(config=config.to_dict(), seconds=seconds, warnings=tuple(warnings),
                            concept_of=concepts.concept_of(),
