@@ -12,7 +12,8 @@ The last line printed is the host directory ``$SCAPRE_HOST_DIR/<version>/`` (def
 * ``ComfyUI/``  a copy of the source (never the original: the pack is linked into its ``custom_nodes/``),
 * ``venv/``     its Python: ``torch==2.13.0`` (CPU) and ``torchvision==0.28.0`` pinned in the same pip call as
   ComfyUI's ``requirements.txt`` (without its torch/torchvision/torchaudio lines), ``requests``, this pack's
-  ``requirements.txt``, ``pytest``, ``playwright`` and the ``[eval]`` extra (``nudenet``, ``efficientnet-lite-pytorch``); torchvision's unguarded ``register_fake`` decorators
+  ``requirements.txt``, ``pytest``, ``playwright`` and the ``[eval]`` extra (``nudenet``,
+  ``efficientnet-lite-pytorch``); torchvision's unguarded ``register_fake`` decorators
   are guarded by ``torchvision.extension._has_ops()`` so that it imports beside CPU torch,
 * ``READY``     written last, recording what was built (source key, environment key).
 
