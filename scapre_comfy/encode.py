@@ -1,4 +1,4 @@
-"""Prompts in, encoded concepts out: the model's own CLIP, exactly as CLIPTextEncode encodes
+"""Prompts in, encoded concepts out: the model's own CLIP, as CLIPTextEncode encodes
 (COMFY_NOTES (b)); SPEC "Inputs (text side)"."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from ..scapre_core.payloads import EncodedConcepts
 from ..scapre_core.prompts import PromptPlan
 
 #: Prompts encoded per text-encoder call. ComfyUI encodes a multi-chunk prompt as a batch of
-#: independent 77-token sequences, so several prompts packed as chunks of one call give the same
-#: numbers as separate calls, several times faster.
+#: independent 77-token sequences, so several prompts packed as chunks of one call give the numbers of
+#: separate calls up to rounding (about 2e-6 relative on CPU: batched products round differently),
+#: several times faster.
 ENCODE_BATCH = 16
 
 
 class PromptEncoder:
-    """Encodes prompts with the user's CLIP exactly as CLIPTextEncode does (once per distinct text)
+    """Encodes prompts with the user's CLIP as CLIPTextEncode does, up to rounding (once per distinct text)
     and finds each prompt's last word token from the tokenizer's word ids."""
 
     def __init__(self, clip) -> None:
