@@ -6,6 +6,7 @@ edit, caching, pages, cancel), not quality. Sampling is tiny: 64 x 64, one step,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -185,10 +186,22 @@ def test_missing_classifier_is_reported_not_raised(scapre_nodes, sd15_loaded, cl
     assert "pip install something" in out[2]
 
 
-def test_classifier_measures_run_when_installed(scapre_nodes, sd15_loaded, clear_cache):
+def test_classifier_measures_run_when_installed(scapre_nodes, sd15_loaded, clear_cache, monkeypatch, tmp_path):
     clf = _pack(scapre_nodes, "scapre_core.classifiers")
-    if clf.missing("imagenet") or clf.missing("nudenet") or not clf.imagenet_labels():
+    if importlib.util.find_spec("efficientnet_lite_pytorch") is None or clf.missing("nudenet") \
+            or not clf.imagenet_labels():
         pytest.skip("comfyui-scapre[eval] packages not installed in this ComfyUI")
+    # the ImageNet weights are read from safetensors only: a seeded random EfficientNet-Lite0 stands in
+    import safetensors.torch
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "lite0.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in EfficientNet.from_name("efficientnet-lite0")
+                                 .state_dict().items()}, str(weights))
+    monkeypatch.setenv(clf.WEIGHTS_ENV, str(weights))
+    assert clf.missing("imagenet") is None
     model, clip, vae = sd15_loaded
     c = scapre_nodes
     (concepts,) = c.run_node("ScaPreConceptEncode", clip=clip, concepts="tench", concept_type="object",
