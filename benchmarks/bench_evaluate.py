@@ -1,4 +1,4 @@
-"""Throughput of ``python -m scapre evaluate``: images per minute on the first server alone, then on all
+"""Throughput of ``python -m comfyui-scapre evaluate``: images per minute on the first server alone, then on all
 of them, over the same prompts (fresh result folders, so nothing is resumed). Each run shifts every
 ``evaluation_seed`` by its own offset, so no server can answer from ComfyUI's cache of an earlier run.
 
@@ -40,12 +40,12 @@ def shifted_prompts(source: str, offset: int, target: Path) -> Path:
 
 
 def run(servers: list[str], args: argparse.Namespace, extra: list[str], out: Path, prompts: Path) -> float:
-    command = [sys.executable, "-m", "scapre", "evaluate", "--base", args.base, "--edit", args.edit,
+    command = [sys.executable, "-m", PACK_ROOT.name, "evaluate", "--base", args.base, "--edit", args.edit,
                "--prompts", str(prompts), "--out", str(out), "--limit", str(args.limit), "-q", *extra]
     for url in servers:
         command += ["--server", url]
     t0 = time.perf_counter()
-    subprocess.run(command, cwd=PACK_ROOT, check=True)
+    subprocess.run(command, cwd=PACK_ROOT.parent, check=True)  # python -m <pack folder> from its parent
     return time.perf_counter() - t0
 
 

@@ -95,7 +95,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: pack.py
+import pack  # noqa: E402, F401  (registers scapre_core)
 
 from scapre_core import ConceptSet, ScaPreConfig, erase, informax_weights  # noqa: E402
 from scapre_core.metrics import Gap, drift_gaps, efficacy_gaps  # noqa: E402

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -50,8 +49,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, os.environ.get("SCAPRE_ROOT", str(ROOT)))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: pack.py (reads SCAPRE_ROOT)
+import pack  # noqa: E402, F401  (registers scapre_core)
 from helpers import clip_like_concepts  # noqa: E402
 
 from scapre_core import ScaPreConfig, erase  # noqa: E402

@@ -48,7 +48,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: pack.py
+import pack  # noqa: E402, F401  (registers scapre_core)
 
 from scapre_core import ConceptSet, ScaPreConfig, erase  # noqa: E402
 from scapre_core.informax import NOISE_BLOCK, matrix_generator  # noqa: E402

@@ -1,32 +1,5 @@
-"""ComfyUI nodes of the pack (V3 schema). Only this package imports ComfyUI."""
+"""Everything that touches ComfyUI: the V3 node classes (one module per node family, registered in
+``registry.py``), ``glue/`` (ComfyUI-side functions shared by the nodes and the command line: reading a
+MODEL's weights, encoding with its CLIP, patching, saving) and ``cli/`` (``python -m <pack folder>``).
 
-from __future__ import annotations
-
-from comfy_api.latest import ComfyExtension, io
-
-from .compare import ScaPreCompare
-from .encode import ScaPreConceptEncode
-from .erase import ScaPreErase, ScaPreEraseSimple, ScaPreInformax, ScaPreSettings
-from .report import ScaPreReport
-from .save import ScaPreSaveCheckpoint, ScaPreSaveLoRA
-
-NODES: list[type[io.ComfyNode]] = [
-    ScaPreConceptEncode,
-    ScaPreInformax,
-    ScaPreEraseSimple,
-    ScaPreSettings,
-    ScaPreErase,
-    ScaPreReport,
-    ScaPreSaveLoRA,
-    ScaPreSaveCheckpoint,
-    ScaPreCompare,
-]
-
-
-class ScaPreExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
-
-
-async def comfy_entrypoint() -> ScaPreExtension:
-    return ScaPreExtension()
+Importing this package imports nothing from ComfyUI; its submodules do."""

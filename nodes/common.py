@@ -1,5 +1,5 @@
 """Node-side glue: sockets, widgets for config fields, the progress bar (weights and patches live in
-``scapre_comfy``, shared with the command line)."""
+``nodes/glue``, shared with the command line)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..scapre_comfy.weights import (  # noqa: F401  (re-exported for the node modules)
+from ..scapre_core import FIELD_HELP, ScaPreConfig
+from .glue.weights import (  # noqa: F401  (re-exported for the node modules)
     EDIT_MODES,
     KV_KEY,
     EffectiveWeights,
@@ -19,7 +20,6 @@ from ..scapre_comfy.weights import (  # noqa: F401  (re-exported for the node mo
     kv_keys,
     patched_clone,
 )
-from ..scapre_core import FIELD_HELP, ScaPreConfig
 
 log = logging.getLogger("comfyui-scapre")
 

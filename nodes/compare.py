@@ -19,10 +19,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..scapre_core import classifiers as clf
-from ..scapre_core import measures
-from ..scapre_core.payloads import EncodedConcepts
+from ..scapre_core.evaluation import classifiers as clf
+from ..scapre_core.evaluation import measures
 from .common import CATEGORY, Concepts, log
+from .glue.payloads import EncodedConcepts
 from .grid import GridRow, render_pages
 
 CLASSIFIER_MODES = ("auto", "off", "nudenet", "imagenet", "both")

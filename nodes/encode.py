@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..scapre_comfy.encode import encode_concepts
 from ..scapre_core.prompts import CONCEPT_TYPES, plan_prompts
 from .common import CATEGORY, Concepts, log, progress
+from .glue.encode import encode_concepts
 
 
 class ScaPreConceptEncode(io.ComfyNode):

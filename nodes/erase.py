@@ -1,7 +1,7 @@
 """ScaPreInformax, ScaPre Erase (preset + strength, ``ScaPreEraseSimple``), ScaPre Settings (every
 field) and the deprecated ScaPre Erase (legacy) (``ScaPreErase``, every field as a widget).
 
-Both erase nodes run :func:`scapre_comfy.edit.run_erase`; they differ only in where the config
+Both erase nodes run :func:`glue.edit.run_erase`; they differ only in where the config
 comes from. ``ScaPreErase`` keeps its id and its widgets in their saved order so that old workflows
 (which store widget values by position) load and run unchanged.
 """
@@ -12,13 +12,13 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from ..scapre_comfy.edit import check_concepts, run_erase
-from ..scapre_comfy.weights import EffectiveWeights, compute_device, kv_keys
 from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig, informax_weights
 from ..scapre_core.config import FIELD_HELP
-from ..scapre_core.payloads import InformaxPayload
 from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
+from .glue.edit import check_concepts, run_erase
+from .glue.payloads import InformaxPayload
+from .glue.weights import EffectiveWeights, compute_device, kv_keys
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScaPreConfig))
 

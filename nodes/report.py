@@ -32,7 +32,7 @@ class ScaPreReport(io.ComfyNode):
         if not isinstance(report, EditReport):
             raise ValueError("report must come from the report output of a ScaPre Erase node")
         table = report.to_markdown()
-        from ..scapre_core.figure import FigureUnavailable, render
+        from .glue.figure import FigureUnavailable, render
 
         try:
             image = torch.from_numpy(render(report)).unsqueeze(0)

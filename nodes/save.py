@@ -8,9 +8,9 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..scapre_comfy.export import write_lora, write_report
 from ..scapre_core import __version__
 from .common import CATEGORY, edit_records, log, progress
+from .glue.export import write_lora, write_report
 
 
 def _records(model):

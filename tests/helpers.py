@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from scapre_core import ConceptSet
+from comfyui_scapre.scapre_core import ConceptSet
 
 
 def encodings(n: int, length: int, dim: int, generator: torch.Generator, dtype=torch.float32) -> list[torch.Tensor]:

@@ -9,8 +9,7 @@ import importlib.util
 
 import pytest
 import torch
-
-from scapre_core import classifiers
+from comfyui_scapre.scapre_core.evaluation import classifiers
 
 
 def _have(measure: str) -> bool:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ConceptSet
 from helpers import random_concepts
-
-from scapre_core import ConceptSet
 
 
 def _seq(length: int, dim: int, base: float) -> torch.Tensor:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from scapre_core import FIELD_HELP, ScaPreConfig
+from comfyui_scapre.scapre_core import FIELD_HELP, ScaPreConfig
 
 DEFAULTS = dict(
     variant="scale", lam=0.5, erase_scale=2.0, preserve_scale=1.0, technique="replace", p=2.0,

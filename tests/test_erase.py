@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ScaPreConfig, erase, informax_weights
 from helpers import random_concepts, random_weights
-
-from scapre_core import ScaPreConfig, erase, informax_weights
 
 SHAPES = {"down.to_k": (24, 16), "down.to_v": (24, 16), "mid.to_k": (40, 16), "mid.to_v": (40, 16)}
 
@@ -199,7 +198,7 @@ def test_explicit_compute_device_returns_to_source_device():
 
 
 def _text(concepts, cfg):
-    from scapre_core.solve import prepare_text_side
+    from comfyui_scapre.scapre_core.solve import prepare_text_side
 
     return prepare_text_side(concepts, cfg, torch.device("cpu"), torch.float32)
 
@@ -208,7 +207,7 @@ def _text(concepts, cfg):
                                              (dict(egbr=True, mu_from_entropy=False), "egbr needs them"),
                                              (dict(variant="small"), "the small variant's rollback needs them")])
 def test_edit_without_entropy_factors_says_what_to_change(overrides, needs):
-    from scapre_core import RowStats, edit_matrix
+    from comfyui_scapre.scapre_core import RowStats, edit_matrix
 
     concepts, _ = random_concepts(3, dim=16)
     w0 = random_weights({"w": (8, 16)})["w"]
@@ -223,7 +222,7 @@ def test_edit_without_entropy_factors_says_what_to_change(overrides, needs):
 
 
 def test_row_stats_of_the_wrong_shape_or_not_finite_are_refused():
-    from scapre_core import RowStats, edit_matrix
+    from comfyui_scapre.scapre_core import RowStats, edit_matrix
 
     concepts, _ = random_concepts(3, dim=16)
     w0 = random_weights({"w": (8, 16)})["w"]
@@ -240,7 +239,7 @@ def test_row_stats_of_the_wrong_shape_or_not_finite_are_refused():
 def test_precomputed_informax_without_entropy_is_refused_before_any_work():
     import dataclasses
 
-    from scapre_core import RowStats
+    from comfyui_scapre.scapre_core import RowStats
 
     concepts, _ = random_concepts(3, dim=16)
     weights = random_weights(SHAPES)

@@ -6,9 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-
-from scapre_core.figure import WIDTH_PX, render  # imports matplotlib only when drawing
-from scapre_core.report import EditReport, MatrixResult, PromptResult
+from comfyui_scapre.nodes.glue.figure import WIDTH_PX, render  # imports matplotlib only when drawing
+from comfyui_scapre.scapre_core.report import EditReport, MatrixResult, PromptResult
 
 
 def _has_matplotlib() -> bool:
@@ -52,7 +51,7 @@ def test_without_matplotlib_the_figure_says_why(monkeypatch):
     """Runs with or without matplotlib installed: its import is made to fail either way."""
     import builtins
 
-    from scapre_core.figure import FigureUnavailable
+    from comfyui_scapre.nodes.glue.figure import FigureUnavailable
 
     real_import = builtins.__import__
 

@@ -7,8 +7,7 @@ import math
 import naive
 import pytest
 import torch
-
-from scapre_core.geometry import bures_step, egbr, spectral_gate
+from comfyui_scapre.scapre_core.geometry import bures_step, egbr, spectral_gate
 
 
 def test_bures_one_round_by_hand():

@@ -7,10 +7,8 @@ import math
 import naive
 import pytest
 import torch
-from helpers import random_concepts, random_weights
-
-from scapre_core import ScaPreConfig
-from scapre_core.informax import (
+from comfyui_scapre.scapre_core import ScaPreConfig
+from comfyui_scapre.scapre_core.informax import (
     _mi_table_f64,
     entropy_factor,
     expected_mutual_information,
@@ -19,6 +17,7 @@ from scapre_core.informax import (
     sampled_mutual_information,
     soft_mask,
 )
+from helpers import random_concepts, random_weights
 
 LN2 = math.log(2.0)
 

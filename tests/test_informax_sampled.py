@@ -11,9 +11,8 @@ from __future__ import annotations
 import naive
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ConceptSet, ScaPreConfig, erase, informax_weights
 from helpers import random_weights
-
-from scapre_core import ConceptSet, ScaPreConfig, erase, informax_weights
 
 F64 = torch.float64
 DIM = 16

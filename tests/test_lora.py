@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from scapre_core.lora import lora_name, lora_state_dict, low_rank, pooled_error
+from comfyui_scapre.nodes.glue.lora_file import lora_name, lora_state_dict
+from comfyui_scapre.scapre_core.lora import low_rank, pooled_error
 
 KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from scapre_core import measures
-from scapre_core.prompts import TEMPLATES, normalize
+from comfyui_scapre.scapre_core.evaluation import measures
+from comfyui_scapre.scapre_core.prompts import TEMPLATES, normalize
 
 
 def _images(n=3, h=32, w=40, seed=0):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ScaPreConfig, erase
+from comfyui_scapre.scapre_core.metrics import Gap, drift_gaps, efficacy_gaps, relative_change
 from helpers import random_concepts, random_weights
-
-from scapre_core import ScaPreConfig, erase
-from scapre_core.metrics import Gap, drift_gaps, efficacy_gaps, relative_change
 
 
 def test_an_edit_that_moves_nothing_reports_zero():

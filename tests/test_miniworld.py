@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
+from comfyui_scapre.scapre_core import ScaPreConfig
 from miniworld.evaluate import Ask, concept_set, draw, edited_unet
 from miniworld.model import ModelConfig, cross_attention_weights
 from miniworld.train import TrainConfig, load_world, save_world, train_world
 from miniworld.world import COLOURS, tokenize
 
-from scapre_core import ScaPreConfig
+pytestmark = pytest.mark.slow  # trains a tiny world: about 2 minutes on one thread
 
 TINY = TrainConfig(model=ModelConfig(text_dim=32, text_layers=1, text_heads=2, channels=(16, 32, 32), heads=1),
                    steps=500, batch=32, lr=3e-3, warmup=50, ema=0.99, seed=0, colours_only=True)

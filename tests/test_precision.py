@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ScaPreConfig, erase, informax_weights
+from comfyui_scapre.scapre_core.solve import prepare_text_side
 from helpers import clip_like_concepts, random_weights
-
-from scapre_core import ScaPreConfig, erase, informax_weights
-from scapre_core.solve import prepare_text_side
 
 F64 = torch.float64
 TOL = 1e-4
@@ -92,7 +91,7 @@ def test_statistics_are_the_same_in_both_precisions():
 def test_changes_are_the_edit_without_weight_rounding():
     """``erase_iter(changes=True)`` yields ``W - W0`` (float32 for fp16 weights), equal to the
     float64 change to 1e-4 of itself, where ``edited - original`` in fp16 would not be."""
-    from scapre_core import erase_iter
+    from comfyui_scapre.scapre_core import erase_iter
 
     concepts = clip_like_concepts(4, 96, seed=4)
     w0 = {k: v.half() for k, v in random_weights({"k": (40, 96)}, seed=4).items()}

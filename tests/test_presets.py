@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from scapre_core import ScaPreConfig
-from scapre_core.presets import PRESET_NAMES, PRESETS, preset_config
+from comfyui_scapre.scapre_core import ScaPreConfig
+from comfyui_scapre.scapre_core.presets import PRESET_NAMES, PRESETS, preset_config
 
 # Every field of every preset, written out: a preset that drifts from the published run fails here.
 BASE = dict(
@@ -87,7 +86,7 @@ def test_bad_seed_is_refused_by_the_config():
 
 
 def test_erase_settings_from_a_mapping():
-    from scapre_core.presets import EraseSettings
+    from comfyui_scapre.scapre_core.presets import EraseSettings
 
     settings = EraseSettings.from_dict({"p": 5.0, "ased": True, "edit": "values only"})
     assert settings.config == ScaPreConfig(p=5.0, ased=True) and settings.edit == "values only"

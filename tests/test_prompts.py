@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from scapre_core.prompts import TEMPLATES, dedupe, parse_templates, plan_prompts, split_items, split_lines
+from comfyui_scapre.scapre_core.prompts import (
+    TEMPLATES,
+    dedupe,
+    parse_templates,
+    plan_prompts,
+    split_items,
+    split_lines,
+)
 
 
 def test_split_items_lines_and_commas():

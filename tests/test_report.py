@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ConceptSet, ScaPreConfig, erase
+from comfyui_scapre.scapre_core.metrics import Gap, drift_gaps, efficacy_gaps
+from comfyui_scapre.scapre_core.report import EditReport, ReportBuilder, short_name
 from helpers import random_concepts, random_weights
-
-from scapre_core import ConceptSet, ScaPreConfig, erase
-from scapre_core.metrics import Gap, drift_gaps, efficacy_gaps
-from scapre_core.report import EditReport, ReportBuilder, short_name
 
 
 def _probe_set(seqs, lasts, guide, guide_last, empty, texts):
@@ -89,7 +88,7 @@ def test_json_round_trip_markdown_and_summary():
 
 def test_unbounded_drift_is_valid_json():
     """A prompt whose original projection is zero has infinite drift; JSON (and the UI message) get null."""
-    from scapre_core.report import MatrixResult, PromptResult
+    from comfyui_scapre.scapre_core.report import MatrixResult, PromptResult
 
     inf = float("inf")
     report = EditReport(matrices=(MatrixResult("m", (2, 2), 0.5),),

@@ -5,11 +5,10 @@ from __future__ import annotations
 import naive
 import pytest
 import torch
+from comfyui_scapre.scapre_core import ScaPreConfig, edit_matrix
+from comfyui_scapre.scapre_core.informax import RowStats
+from comfyui_scapre.scapre_core.solve import prepare_text_side
 from helpers import random_concepts, random_weights
-
-from scapre_core import ScaPreConfig, edit_matrix
-from scapre_core.informax import RowStats
-from scapre_core.solve import prepare_text_side
 
 F64 = torch.float64
 
@@ -122,7 +121,7 @@ def test_duplicate_concepts_are_stable():
     _concepts, raw = random_concepts(3, dim=12, length=7, seed=14, dtype=F64)
     raw["erase"] = [raw["erase"][0]] * 2 + [raw["erase"][1]]
     raw["erase_last"] = [raw["erase_last"][0]] * 2 + [raw["erase_last"][1]]
-    from scapre_core import ConceptSet
+    from comfyui_scapre.scapre_core import ConceptSet
 
     dup = ConceptSet.from_embeddings(**raw)
     cfg = ScaPreConfig(precision="float64")
@@ -154,7 +153,7 @@ def test_shared_guides_are_projected_once_and_match_naive(technique):
     _, raw = random_concepts(5, dim=16, length=9, seed=21, dtype=F64)
     raw["guide"] = [raw["guide"][0]] * 3 + [raw["guide"][0].clone(), raw["guide"][1]]
     raw["guide_last"] = [0, 0, 0, 0, 2]
-    from scapre_core import ConceptSet
+    from comfyui_scapre.scapre_core import ConceptSet
 
     concepts = ConceptSet.from_embeddings(**raw)
     assert len(concepts.guides) == 2 and concepts.guide_index == (0, 0, 0, 0, 1)
@@ -170,7 +169,7 @@ def test_shared_guides_are_projected_once_and_match_naive(technique):
 def test_data_term_in_concept_blocks_matches_naive(technique):
     """More erase prompts than one block (CONCEPT_BLOCK): the blocked sum equals the plain one
     (``data_term`` returns it in the eigenbasis of ``G0``; rotated back here)."""
-    from scapre_core.solve import CONCEPT_BLOCK, data_term
+    from comfyui_scapre.scapre_core.solve import CONCEPT_BLOCK, data_term
 
     m = CONCEPT_BLOCK * 2 + 17
     concepts, raw = random_concepts(m, dim=12, length=6, seed=31, guided=True, dtype=F64)

@@ -4,3 +4,5 @@ Procedural pictures (coloured shapes with styles), a word-level causal text enco
 small UNet that reads the text only through ``attn2.to_k`` / ``attn2.to_v``, a judge CNN, and a benchmark that
 edits the UNet with ``scapre_core`` and counts what it still draws. A benchmark, never imported by the pack.
 """
+
+import pack  # noqa: F401  (benchmarks/pack.py: registers scapre_core; benchmarks/ is on sys.path here)

@@ -45,9 +45,8 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make ``miniworld`` and ``scapre_core`` importable
+if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and through it ``scapre_core``) importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
     __package__ = "miniworld"
 
 from scapre_core import ScaPreConfig

@@ -177,7 +177,7 @@ def test_cancel_stops_between_generations(scapre_nodes, sd15_loaded, clear_cache
 
 def test_missing_classifier_is_reported_not_raised(scapre_nodes, sd15_loaded, clear_cache, monkeypatch):
     model, clip, vae = sd15_loaded
-    clf = _pack(scapre_nodes, "scapre_core.classifiers")
+    clf = _pack(scapre_nodes, "scapre_core.evaluation.classifiers")
     monkeypatch.setattr(clf, "missing", lambda name: f"{name} measure: pip install something")
     out = _compare(scapre_nodes, model, model.clone(), clip, vae, erased_prompts="a cat", classifiers="both")
     notes = _result(out)["notes"]
@@ -187,7 +187,7 @@ def test_missing_classifier_is_reported_not_raised(scapre_nodes, sd15_loaded, cl
 
 
 def test_classifier_measures_run_when_installed(scapre_nodes, sd15_loaded, clear_cache, monkeypatch, tmp_path):
-    clf = _pack(scapre_nodes, "scapre_core.classifiers")
+    clf = _pack(scapre_nodes, "scapre_core.evaluation.classifiers")
     if importlib.util.find_spec("efficientnet_lite_pytorch") is None or clf.missing("nudenet") \
             or not clf.imagenet_labels():
         pytest.skip("comfyui-scapre[eval] packages not installed in this ComfyUI")

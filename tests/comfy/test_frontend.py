@@ -47,7 +47,7 @@ PLAN_CASES = [
 
 
 def _python_plan(case: dict) -> dict:
-    from scapre_core.prompts import plan_prompts
+    from comfyui_scapre.scapre_core.prompts import plan_prompts
 
     try:
         plan = plan_prompts(**case)

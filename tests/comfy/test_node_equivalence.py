@@ -160,7 +160,7 @@ def test_packed_encoding_equals_one_prompt_calls(scapre_nodes, request, arch):
     """More prompts than one packed call (16 per text-encoder call) give the numbers of one call each."""
     c = scapre_nodes
     _, clip, _ = _loaded(request, arch)
-    module = sys.modules[c.pack_module().__name__ + ".scapre_comfy.encode"]
+    module = sys.modules[c.pack_module().__name__ + ".nodes.glue.encode"]
     words = ["cat", "dog", "tiger", "lion", "violin", "piano", "banana", "orange", "laptop", "pizza", "church",
              "tench", "parachute", "golf ball", "garbage truck", "french horn", "chain saw", "gas pump", "airliner"]
     assert len(words) + 1 > module.ENCODE_BATCH  # "" is encoded too

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .report import EditReport, PromptResult, short_name
+from ...scapre_core.report import EditReport, PromptResult, short_name
 
 #: Above this many prompts a panel shows a sorted curve instead of one bar per prompt.
 MAX_BARS = 30

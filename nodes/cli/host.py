@@ -15,14 +15,30 @@ class HostError(RuntimeError):
     """ComfyUI cannot be found or imported; worded for the command line."""
 
 
+def installed_in() -> Path | None:
+    """The ComfyUI this pack sits in (``<ComfyUI>/custom_nodes/<pack>``), if it does."""
+    # <ComfyUI>/custom_nodes/<pack>/nodes/cli/host.py; not resolved, so that a linked pack finds the ComfyUI
+    # it is linked into
+    candidate = Path(os.path.abspath(__file__)).parents[4]
+    return candidate if _is_comfyui(candidate) else None
+
+
+def _is_comfyui(path: Path) -> bool:
+    return (path / "main.py").is_file() and (path / "comfy").is_dir()
+
+
 def find_comfyui(given: str | None) -> Path:
-    """The ComfyUI folder from ``given`` or ``$COMFYUI_PATH`` (it holds ``main.py`` and ``comfy/``)."""
+    """The ComfyUI folder from ``given``, ``$COMFYUI_PATH`` or the install this pack sits in (it holds
+    ``main.py`` and ``comfy/``)."""
     value = given or os.environ.get("COMFYUI_PATH")
     if not value:
-        raise HostError("no ComfyUI install given: pass --comfyui PATH or set COMFYUI_PATH "
-                        "(the folder with ComfyUI's main.py)")
+        found = installed_in()
+        if found is None:
+            raise HostError("no ComfyUI install given: pass --comfyui PATH or set COMFYUI_PATH "
+                            "(the folder with ComfyUI's main.py)")
+        return found
     path = Path(value).expanduser().resolve()
-    if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
+    if not _is_comfyui(path):
         raise HostError(f"{path} is not a ComfyUI folder (no main.py and comfy/ in it)")
     return path
 

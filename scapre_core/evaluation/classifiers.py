@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .prompts import normalize
+from ..prompts import normalize
 
 EXTRA = "comfyui-scapre[eval]"
 NUDENET, IMAGENET = "nudenet", "imagenet"

@@ -12,9 +12,10 @@ from pathlib import Path
 import comfy.sd
 import comfy.utils
 
-from ..scapre_core import __version__
-from ..scapre_core.lora import lora_state_dict, pooled_error
-from ..scapre_core.payloads import EditRecord, provenance_metadata, report_bundle, total_diffs
+from ...scapre_core import __version__
+from ...scapre_core.lora import pooled_error
+from .lora_file import lora_state_dict
+from .payloads import EditRecord, provenance_metadata, report_bundle, total_diffs
 
 
 def report_path(path: str | os.PathLike) -> Path:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from .concepts import ConceptSet
-from .config import ScaPreConfig
-from .informax import InformaxResult
-from .prompts import PromptPlan
-from .report import EditReport
+from ...scapre_core.concepts import ConceptSet
+from ...scapre_core.config import ScaPreConfig
+from ...scapre_core.informax import InformaxResult
+from ...scapre_core.prompts import PromptPlan
+from ...scapre_core.report import EditReport
 
 PACK_NAME = "comfyui-scapre"
 #: Key under ``ModelPatcher.model_options`` holding the tuple of :class:`EditRecord`.

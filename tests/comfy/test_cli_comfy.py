@@ -1,4 +1,4 @@
-"""``python -m scapre`` against a real ComfyUI: ``erase`` on the random SD1.5 and SDXL-family checkpoints (the
+"""``python -m comfyui-scapre`` against a real ComfyUI: ``erase`` on the random SD1.5 and SDXL-family checkpoints (the
 saved edit equals the nodes' edit; Ctrl-C leaves nothing), ``evaluate`` on two ComfyUI servers started here
 (same images on one or two servers, a server killed mid-run, stop and resume, the page in Chromium)."""
 
@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,8 +20,19 @@ import pytest
 
 log = logging.getLogger("scapre.comfy_tests")
 
-PACK_ROOT = comfy_support.PACK_ROOT
 CONCEPTS = "cat\ngolden retriever\n"
+
+
+def _custom_nodes() -> Path:
+    """A ``custom_nodes`` folder holding the pack (a link named as ComfyUI users clone it): the command's cwd."""
+    folder = Path(tempfile.gettempdir()) / f"scapre-cli-custom-nodes-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    comfy_support.make_pack_link(folder)
+    return folder
+
+
+CUSTOM_NODES = _custom_nodes()
+MODULE = comfy_support.PACK_LINK_NAME  # python -m <the pack's folder name>
 
 
 def _env(comfy_path: Path) -> dict:
@@ -29,9 +41,9 @@ def _env(comfy_path: Path) -> dict:
 
 def _cli(comfy_path: Path, python: str, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
     t0 = time.perf_counter()
-    result = subprocess.run([python, "-m", "scapre", *args], cwd=PACK_ROOT, env=_env(comfy_path),
+    result = subprocess.run([python, "-m", MODULE, *args], cwd=CUSTOM_NODES, env=_env(comfy_path),
                             capture_output=True, text=True, timeout=timeout)
-    log.info("python -m scapre %s: exit %d in %.1f s", args[0], result.returncode, time.perf_counter() - t0)
+    log.info("python -m comfyui-scapre %s: exit %d in %.1f s", args[0], result.returncode, time.perf_counter() - t0)
     return result
 
 
@@ -150,9 +162,9 @@ def test_ctrl_c_leaves_no_file(sd15_ckpt_path, comfy_path, comfy_python, tmp_pat
     concepts.write_text(CONCEPTS)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = subprocess.Popen([comfy_python, "-m", "scapre", "erase", str(sd15_ckpt_path), "--concepts", str(concepts),
+    proc = subprocess.Popen([comfy_python, "-m", MODULE, "erase", str(sd15_ckpt_path), "--concepts", str(concepts),
                              "--out", str(out_dir / "c.safetensors"), "--lora", str(out_dir / "l.safetensors"),
-                             "--cpu"], cwd=PACK_ROOT, env=_env(comfy_path), stdout=subprocess.PIPE,
+                             "--cpu"], cwd=CUSTOM_NODES, env=_env(comfy_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     seen = bytearray()
     started = threading.Event()
@@ -285,8 +297,8 @@ def _finished(out: Path) -> int:
 def test_evaluate_survives_a_server_dying_mid_run(eval_world, two_server_run, comfy_path, comfy_python):
     out = eval_world["root"] / "dying"
     servers = eval_world["servers"]
-    proc = subprocess.Popen([comfy_python, "-m", "scapre", *_evaluate_args(eval_world, out, servers)],
-                            cwd=PACK_ROOT, env=_env(comfy_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([comfy_python, "-m", MODULE, *_evaluate_args(eval_world, out, servers)],
+                            cwd=CUSTOM_NODES, env=_env(comfy_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         while _finished(out) < 1:
@@ -315,7 +327,7 @@ def test_evaluate_survives_a_server_dying_mid_run(eval_world, two_server_run, co
 def test_evaluate_stops_and_resumes_without_redoing(eval_world, comfy_path, comfy_python):
     out = eval_world["root"] / "resume"
     args = _evaluate_args(eval_world, out, eval_world["servers"][:1])
-    proc = subprocess.Popen([comfy_python, "-m", "scapre", *args], cwd=PACK_ROOT, env=_env(comfy_path),
+    proc = subprocess.Popen([comfy_python, "-m", MODULE, *args], cwd=CUSTOM_NODES, env=_env(comfy_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while _finished(out) < 2:
         assert proc.poll() is None, proc.communicate()

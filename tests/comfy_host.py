@@ -3,8 +3,8 @@
 
 Usage (from anywhere; standard library only, any Python >= 3.10 with ``venv``)::
 
-    python3 scripts/comfy_host.py /path/to/ComfyUI                 # your own checkout (git or plain)
-    python3 scripts/comfy_host.py ../shared/comfyui/comfyui-0.8.0.tar.gz
+    python3 tests/comfy_host.py /path/to/ComfyUI                 # your own checkout (git or plain)
+    python3 tests/comfy_host.py ../shared/comfyui/comfyui-0.8.0.tar.gz
 
 The last line printed is the host directory ``$SCAPRE_HOST_DIR/<version>/`` (default
 ``~/.cache/scapre-hosts/<version>/``), which holds:
@@ -51,9 +51,10 @@ PACK_LINK_NAME = "comfyui-scapre"  # tests/comfy/comfy_support.py PACK_LINK_NAME
 HOST_DIR_ENV = "SCAPRE_HOST_DIR"
 
 TORCH_PINS = ("torch==2.13.0", "torchvision==0.28.0")
-# requests: imported by ComfyUI but not listed; nudenet, efficientnet-lite-pytorch: the pack's optional [eval]
-# measures, so that their tests run in the host instead of skipping
-EXTRA_PACKAGES = ("requests", "pytest", "playwright", "nudenet", "efficientnet-lite-pytorch")
+# requests: imported by ComfyUI but not listed; matplotlib, nudenet, efficientnet-lite-pytorch: the pack's optional
+# parts (report figure, classifier measures), so that their tests run in the host instead of skipping; gguf: what
+# ComfyUI-GGUF (../shared/comfyui-packs/) needs, for the GGUF tests
+EXTRA_PACKAGES = ("requests", "pytest", "playwright", "matplotlib", "nudenet", "efficientnet-lite-pytorch", "gguf")
 EXCLUDED_REQUIREMENTS = ("torch", "torchvision", "torchaudio")
 RECIPE = "3"  # bump when the environment recipe changes, so that cached venvs rebuild
 

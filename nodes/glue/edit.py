@@ -8,9 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..scapre_core import ScaPreConfig, __version__, erase_iter
-from ..scapre_core.payloads import EditRecord, EncodedConcepts, InformaxPayload
-from ..scapre_core.report import ReportBuilder
+from ...scapre_core import ScaPreConfig, __version__, erase_iter
+from ...scapre_core.report import ReportBuilder
+from .payloads import EditRecord, EncodedConcepts, InformaxPayload
 from .weights import EffectiveWeights, compute_device, kv_keys, patched_clone
 
 log = logging.getLogger("comfyui-scapre")

@@ -9,8 +9,8 @@ import comfy.lora
 import comfy.model_management
 import torch
 
-from ..scapre_core.payloads import MODEL_OPTIONS_KEY, EditRecord
-from ..scapre_core.presets import EDIT_MODES
+from ...scapre_core.presets import EDIT_MODES
+from .payloads import MODEL_OPTIONS_KEY, EditRecord
 
 KV_KEY = re.compile(r"^diffusion_model\..*\.attn2\.to_([kv])\.weight$")
 

@@ -1,5 +1,5 @@
-"""``python -m scapre erase``: a checkpoint in, an edited checkpoint and/or a LoRA out, with the same
-code path as the ScaPre nodes (encode with the model's CLIP, :func:`scapre_comfy.edit.run_erase`,
+"""``python -m comfyui-scapre erase``: a checkpoint in, an edited checkpoint and/or a LoRA out, with the same
+code path as the ScaPre nodes (encode with the model's CLIP, :func:`nodes.glue.edit.run_erase`,
 ComfyUI's savers)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..scapre_core.presets import EraseSettings, preset_config
-from ..scapre_core.prompts import plan_prompts
+from ...scapre_core.presets import EraseSettings, preset_config
+from ...scapre_core.prompts import plan_prompts
 from .inputs import read_concepts
 from .progress import Bars
 
@@ -93,9 +93,9 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
 
     bars = bars or Bars()
     host.import_comfyui(comfyui, cpu=cpu)
-    from ..scapre_comfy.edit import run_erase
-    from ..scapre_comfy.encode import encode_concepts
-    from ..scapre_comfy.export import report_path, write_checkpoint, write_lora
+    from ..glue.edit import run_erase
+    from ..glue.encode import encode_concepts
+    from ..glue.export import report_path, write_checkpoint, write_lora
 
     try:
         model, clip, vae = host.load_checkpoint(job.checkpoint)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: the pure-core tests once, then tests/comfy inside a real ComfyUI for every host.
 #
-#   bash scripts/test_all.sh [COMFYUI_SOURCE ...]
+#   bash tests/run_all.sh [COMFYUI_SOURCE ...]
 #
-# A COMFYUI_SOURCE is a ComfyUI checkout or a .tar.gz of one; scripts/comfy_host.py turns each into a
+# A COMFYUI_SOURCE is a ComfyUI checkout or a .tar.gz of one; tests/comfy_host.py turns each into a
 # cached CPU test host ($SCAPRE_HOST_DIR/<version>/, default ~/.cache/scapre-hosts/<version>/). Without
 # arguments the sources are $SCAPRE_COMFY_SOURCES (space-separated), else the snapshots in
 # ../shared/comfyui/*.tar.gz when that folder exists. With no source at all this is `python -m pytest -q`:
@@ -42,7 +42,7 @@ stage() {  # stage NAME COMMAND...: run it, time it, remember the result
     return $rc
 }
 report() {
-    echo "=== test_all.sh stages"
+    echo "=== run_all.sh stages"
     printf '%s\n' "${summary[@]}"
 }
 
@@ -58,7 +58,7 @@ hosts=()
 printed=$(mktemp)
 for src in "${sources[@]}"; do
     # the last line comfy_host.py prints is the host directory
-    if stage "host $(basename "$src")" "$PY" scripts/comfy_host.py "$src" > "$printed"; then
+    if stage "host $(basename "$src")" "$PY" tests/comfy_host.py "$src" > "$printed"; then
         hosts+=("$(tail -n 1 "$printed")")
     fi
 done

@@ -1,4 +1,4 @@
-"""``python -m scapre``: ScaPre without the GUI.
+"""``python -m comfyui-scapre``: ScaPre without the GUI (``comfyui-scapre`` is the pack's folder name).
 
 * ``erase CHECKPOINT --concepts FILE --out FILE.safetensors [--lora FILE.safetensors --rank R]``:
   loads the checkpoint in-process with a ComfyUI install, erases the concepts with a published preset
@@ -18,8 +18,8 @@ import argparse
 import logging
 import sys
 
-from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS
-from ..scapre_core.prompts import CONCEPT_TYPES
+from ...scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS
+from ...scapre_core.prompts import CONCEPT_TYPES
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -31,8 +31,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def program_name() -> str:
+    """``python -m <pack folder>``, as the user typed it (the top package is named after the folder)."""
+    return f"python -m {(__package__ or 'comfyui-scapre').split('.')[0]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m scapre", description="ScaPre concept erasure without the GUI.")
+    parser = _Parser(prog=program_name(), description="ScaPre concept erasure without the GUI.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{erase,evaluate}")
 
     erase = sub.add_parser("erase", help="erase concepts from a checkpoint; write a checkpoint and/or a LoRA",
@@ -57,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--expand-templates", action="store_true", help="also erase each concept in its templates")
     erase.add_argument("--guide", default="", help="what erased prompts should become (default: unconditional)")
     erase.add_argument("--preserve", default="", help="comma-separated prompts to keep unchanged")
-    erase.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder (default: $COMFYUI_PATH)")
+    erase.add_argument("--comfyui", metavar="PATH",
+                       help="ComfyUI folder (default: $COMFYUI_PATH, else the ComfyUI this pack is installed in)")
     erase.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     erase.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
 

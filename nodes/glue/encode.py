@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..scapre_core import ConceptSet
-from ..scapre_core.payloads import EncodedConcepts
-from ..scapre_core.prompts import PromptPlan
+from ...scapre_core import ConceptSet
+from ...scapre_core.prompts import PromptPlan
+from .payloads import EncodedConcepts
 
 #: Prompts encoded per text-encoder call. ComfyUI encodes a multi-chunk prompt as a batch of
 #: independent 77-token sequences, so several prompts packed as chunks of one call give the numbers of

@@ -1,9 +1,8 @@
-"""The command line (``python -m scapre``) without ComfyUI: arguments, input files, the distributed runner
-against small fake ComfyUI servers, and the results page. With ComfyUI: ``tests/comfy/test_cli.py``."""
+"""The command line (``python -m comfyui-scapre``) without ComfyUI: arguments, input files, the distributed runner
+against small fake ComfyUI servers, and the results page. With ComfyUI: ``tests/comfy/test_cli_comfy.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,28 +13,30 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from comfyui_scapre.nodes.cli import cli, html_page, inputs, runner
+from comfyui_scapre.nodes.cli import evaluate_command as evaluate
+from comfyui_scapre.scapre_core.evaluation import measures
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path("/work/shared/datasets")
 
-
-def _load(module: str):
-    spec = importlib.util.spec_from_file_location("scapre_bootstrap_for_tests", ROOT / "scapre" / "bootstrap.py")
-    bootstrap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bootstrap)
-    return bootstrap.load(module)
+#: ``python -m <folder>`` runs the pack as ComfyUI users do from ``custom_nodes``: a folder holding a link to it.
+LINK_NAME = "comfyui-scapre"
 
 
-cli = _load("scapre.cli")
-inputs = _load("scapre.inputs")
-runner = _load("scapre.runner")
-evaluate = _load("scapre.evaluate_command")
-html_page = _load("scapre.html_page")
+@pytest.fixture(scope="session")
+def custom_nodes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("custom_nodes")
+    (folder / LINK_NAME).symlink_to(ROOT, target_is_directory=True)
+    return folder
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scapre", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=120)
+@pytest.fixture
+def run_cli(custom_nodes):
+    def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", LINK_NAME, *args], cwd=custom_nodes, capture_output=True,
+                              text=True, env=env, timeout=120)
+    return _cli
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,18 +110,18 @@ def test_bad_arguments_give_one_line_and_exit_code_2(ckpt, concepts, tmp_path, c
         lines = err.strip().splitlines()
         assert code == 2, (args, err)
         assert len(lines) == 1 and message in lines[0], (args, err)
-        assert lines[0].startswith("python -m scapre"), lines[0]
+        assert lines[0].startswith("python -m comfyui_scapre"), lines[0]  # the package name
         assert not out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "concepts.txt", "model.safetensors", "s.json"]
 
 
-def test_without_a_comfyui_the_message_says_how_to_give_one(ckpt, concepts, tmp_path):
-    """Through the real entry point (``python -m scapre`` from the pack's folder)."""
+def test_without_a_comfyui_the_message_says_how_to_give_one(ckpt, concepts, tmp_path, run_cli):
+    """Through the real entry point (``python -m comfyui-scapre`` from a custom_nodes folder outside ComfyUI)."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "COMFYUI_PATH"}
-    result = _cli("erase", str(ckpt), "--concepts", str(concepts), "--out", str(tmp_path / "o.safetensors"), env=env)
+    result = run_cli("erase", str(ckpt), "--concepts", str(concepts), "--out", str(tmp_path / "o.safetensors"), env=env)
     assert result.returncode == 2 and not result.stdout
-    assert result.stderr.strip() == ("python -m scapre erase: error: no ComfyUI install given: pass --comfyui PATH "
-                                     "or set COMFYUI_PATH (the folder with ComfyUI's main.py)")
+    assert result.stderr.strip() == ("python -m comfyui-scapre erase: error: no ComfyUI install given: pass "
+                                     "--comfyui PATH or set COMFYUI_PATH (the folder with ComfyUI's main.py)")
 
 
 def test_help_lists_the_presets(capsys):
@@ -401,7 +402,7 @@ def test_page_has_tables_plots_and_relative_images():
                 "server": "s", "images": {"original": f"images/{i:05d}_original.png",
                                           "edited": f"images/{i:05d}_edited.png"}}
                for i, (c, k, ch) in enumerate([("cat", "erased", 0.8), ("cat", "erased", 0.6), ("dog", "kept", 0.1)])]
-    summary = _load("scapre_core.measures").summarize(
+    summary = measures.summarize(
         [{"prompt": r["prompt"], "kind": r["kind"], "change": r["change"], "concept": r["class"]} for r in records])
     page = html_page.render({"edit": "e.safetensors", "base": "b.safetensors", "edit_kind": "lora", "rendered": 3,
                              "prompts": 3, "erased": ["cat"], "sampling": SAMPLING, "summary": summary,
@@ -412,7 +413,7 @@ def test_page_has_tables_plots_and_relative_images():
 
 
 # ------------------------------------------------------------------------------------------------
-# evaluate end to end against fake servers (the real ones: tests/comfy/test_cli.py)
+# evaluate end to end against fake servers (the real ones: tests/comfy/test_cli_comfy.py)
 # ------------------------------------------------------------------------------------------------
 
 def test_evaluate_end_to_end_with_resume(tmp_path, capsys):

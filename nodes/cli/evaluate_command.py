@@ -1,4 +1,4 @@
-"""``python -m scapre evaluate``: render a prompt CSV with the original and the edited model on running
+"""``python -m comfyui-scapre evaluate``: render a prompt CSV with the original and the edited model on running
 ComfyUI servers and measure, per prompt, per class and pooled, how much the edit changed the images.
 
 One job per prompt row renders both images (the original and the edited model in one workflow, so a
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..scapre_core.prompts import normalize, split_items
+from ...scapre_core.prompts import normalize, split_items
 from .inputs import InputError, PromptRow, read_prompts
 from .runner import Job, PromptRejected, Runner, Server, ServerDown
 
@@ -242,14 +242,14 @@ def _decode(png: bytes):
 
 def image_change(original_png: bytes, edited_png: bytes) -> float:
     """ScaPre Compare's per-image change between two PNGs (0 identical .. 1 unrelated)."""
-    from ..scapre_core.measures import image_change as change
+    from ...scapre_core.evaluation.measures import image_change as change
 
     return float(change(_decode(original_png), _decode(edited_png))[0])
 
 
 def kind_of(row: PromptRow, erased: tuple[str, ...]) -> str:
     """``erased`` when the row's class (or, without a class, its prompt) names an erased concept."""
-    from ..scapre_core.measures import ERASED, KEPT
+    from ...scapre_core.evaluation.measures import ERASED, KEPT
 
     names = {normalize(c) for c in erased}
     if row.cls:
@@ -384,7 +384,7 @@ def _figures(summary: dict[str, Any]) -> str:
 def write_results(plan: EvalPlan, kind: str, records: list[dict[str, Any]],
                   failures: dict[str, str]) -> dict[str, Any]:
     """``results.json`` (run, summary per kind/class/pooled, every record) and ``results.csv`` (one row per prompt)."""
-    from ..scapre_core.measures import summarize
+    from ...scapre_core.evaluation.measures import summarize
 
     summary = summarize([{"prompt": r["prompt"], "kind": r["kind"], "change": r["change"], "concept": r["class"]}
                          for r in records])

@@ -4,10 +4,9 @@ model to the edited one, and the erasure/retention summary over erased and kept 
 Shared by the ScaPre Compare node and the command line; pure torch (no ComfyUI import). Images are
 ComfyUI's layout, float ``[N, H, W, 3]`` in ``[0, 1]``.
 
-Similarity measure: SSIM (Wang et al. 2004) from ``pytorch-msssim``. It is a small, maintained,
-pure-torch package (batched, runs on the GPU, deterministic on the CPU) with no weights to download,
-unlike learned perceptual metrics such as LPIPS; scikit-image's ``structural_similarity`` computes the
-same index but on the CPU one image at a time and pulls in a much larger dependency tree.
+Similarity measure: SSIM (Wang et al. 2004), written here in a few lines of torch (batched, runs on the GPU,
+float64 arithmetic, no weights to download, unlike learned perceptual metrics such as LPIPS); it equals
+``pytorch_msssim.ssim`` (same window and constants, valid filtering) up to float32 rounding.
 ``change = clip(1 - SSIM, 0, 1)``: 0 for identical images, about 1 for structurally unrelated ones.
 
 API:
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .prompts import PLACEHOLDER, normalize, split_lines
+from ..prompts import PLACEHOLDER, normalize, split_lines
 
 #: Evaluation prompt templates per concept type. They differ on purpose from the erase templates of
 #: :data:`scapre_core.prompts.TEMPLATES`: an edit that only removed the exact erased phrasing would
@@ -91,15 +90,34 @@ def _window(size: int) -> int:
     return max(1, min(SSIM_WINDOW, size if size % 2 else size - 1))
 
 
-def ssim(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
-    """SSIM of each image pair, ``[N]`` in ``[-1, 1]`` (1 for identical images), averaged over RGB."""
-    from pytorch_msssim import ssim as _ssim
+def _gaussian(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return g / g.sum()
 
+
+def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter over each channel of ``[N, C, H, W]``, no padding ("valid")."""
+    c = x.shape[1]
+    x = torch.nn.functional.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return torch.nn.functional.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """SSIM of each image pair, ``[N]`` in ``[-1, 1]`` (1 for identical images), averaged over RGB.
+
+    Wang et al. 2004: Gaussian window (11 px, sigma 1.5; smaller for small images), ``C1 = (0.01 L)^2``,
+    ``C2 = (0.03 L)^2`` with data range ``L = 1``, the map averaged over the valid positions and channels."""
     _check_images(original, edited)
-    x = original.detach().float().clamp(0, 1).permute(0, 3, 1, 2)
-    y = edited.detach().to(x.device).float().clamp(0, 1).permute(0, 3, 1, 2)
-    value = _ssim(x, y, data_range=1.0, size_average=False, win_size=_window(min(x.shape[-2:])),
-                  win_sigma=SSIM_SIGMA).float()
+    x = original.detach().double().clamp(0, 1).permute(0, 3, 1, 2)
+    y = edited.detach().to(x.device).double().clamp(0, 1).permute(0, 3, 1, 2)
+    g = _gaussian(_window(min(x.shape[-2:])), SSIM_SIGMA, x.dtype, x.device)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = _blur(x, g), _blur(y, g)
+    vx, vy = _blur(x * x, g) - mx * mx, _blur(y * y, g) - my * my
+    cov = _blur(x * y, g) - mx * my
+    value = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    value = value.flatten(1).mean(dim=1).float()
     same = (x == y).flatten(1).all(dim=1)  # identical pairs are exactly 1, whatever the filter's rounding
     return torch.where(same, torch.ones_like(value), value)
 
