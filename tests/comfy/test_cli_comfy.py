@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -69,7 +70,7 @@ def _node_edit(c, model, clip, preset="custom", settings=None, **encode):
 def _lora_diffs(c, path: Path) -> dict:
     from safetensors.torch import load_file
 
-    lora = _core(c).lora
+    lora = sys.modules[c.pack_module().__name__ + ".nodes.glue.lora_file"]
     tensors = load_file(str(path))
     names = {}
     for key in tensors:

@@ -50,8 +50,10 @@ def _check_saved_edit(c, loaded, concepts_text: str, prefix: str, saver: str) ->
         c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix=f"loras/{prefix}", rank=0)
         folder = "loras"
 
+        lora_name = sys.modules[c.pack_module().__name__ + ".nodes.glue.lora_file"].lora_name
+
         def read(fh, k):
-            return originals[k] + fh.get_tensor(core.lora.lora_name(k) + ".diff").to(torch.float64)
+            return originals[k] + fh.get_tensor(lora_name(k) + ".diff").to(torch.float64)
 
     (path,) = sorted((Path(c.folder_paths.get_output_directory()) / folder).glob(f"{prefix}_*.safetensors"))
     errors = {}
