@@ -37,8 +37,24 @@ _SKIP_REASON = comfy_support.comfyui_path_problem()
 _SERVERS: list[comfy_support.ComfyServer] = []
 
 
+#: Fixtures that load the SDXL-family checkpoint (about 6.6 GB of RAM in float32 on the CPU).
+SDXL_FIXTURES = ("vega_loaded", "vega_ckpt_path")
+
+
+def uses_sdxl(item: pytest.Item) -> bool:
+    """Whether a test loads the SDXL-family checkpoint: it names a Vega fixture, or is parametrized with
+    ``arch="vega"`` (its fixture is then requested inside the test)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(f in getattr(item, "fixturenames", ()) for f in SDXL_FIXTURES) or params.get("arch") == "vega"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip every test in this folder at collection when COMFYUI_PATH is unset or not a ComfyUI checkout."""
+    """Mark the tests that load the SDXL-family checkpoint ``sdxl`` (``tests/run_all.sh`` runs them in a pytest
+    process of their own, so that the SD1.5 and the SDXL-family models are never in memory together), and skip
+    every test in this folder at collection when COMFYUI_PATH is unset or not a ComfyUI checkout."""
+    for item in items:
+        if _in_this_folder(item) and uses_sdxl(item):
+            item.add_marker(pytest.mark.sdxl)
     if _SKIP_REASON is None:
         return
     marker = pytest.mark.skip(reason=_SKIP_REASON)
