@@ -45,7 +45,9 @@ class ScaPreSaveLoRA(io.ComfyNode):
             display_name="ScaPre Save LoRA",
             category=CATEGORY,
             description="Save the ScaPre edit(s) carried by an edited MODEL as a LoRA in output/loras, loadable "
-                        "with LoraLoader on the original model. A JSON report is saved next to it.",
+                        "with LoraLoader on the original model (ComfyUI lists output/loras among its LoRA folders: "
+                        "refresh the node definitions to see the file; copy it to models/loras for another "
+                        "ComfyUI). A JSON report is saved next to it.",
             inputs=[
                 io.Model.Input("model", tooltip="An edited MODEL from ScaPre Erase (several edits are summed)."),
                 io.String.Input("filename_prefix", default="loras/scapre",
