@@ -3,6 +3,7 @@ the edit; a node-saved checkpoint records what it erased, read back by ``evaluat
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def test_evaluate_reads_what_a_node_saved_checkpoint_records(scapre_nodes, sd15_
     c = scapre_nodes
     model, clip, vae = sd15_loaded
     pack = c.pack_module().__name__
-    cli, evaluate = sys.modules[pack + ".nodes.cli.cli"], sys.modules[pack + ".nodes.cli.evaluate_command"]
+    # the command line is not imported when ComfyUI loads the pack: import it from the pack as ComfyUI named it
+    cli = importlib.import_module(pack + ".nodes.cli.cli")
+    evaluate = importlib.import_module(pack + ".nodes.cli.evaluate_command")
     concepts = c.run_node("ScaPreConceptEncode", clip=clip, concepts="cat", concept_type="object",
                           expand_templates=False, templates="", guide="", preserve="", probes="")[0]
     edited = c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="explicit", strength=1.0,

@@ -200,7 +200,8 @@ def test_informax_settings_win_and_are_reported(scapre_nodes, sd15_loaded, sd15_
                     edit="values only")
     report = result[1]
     assert report.config["p"] == 2.0
-    assert any("p=2.0" in w for w in report.warnings)
+    assert report.info["used"]["replaced_by_informax"] == {"p": 2.0}  # shown on the node, not a silent override
+    assert result.ui["scapre_summary"][0]["used"]["informax"] == "from ScaPre Informax"
     assert all(k.endswith("to_v.weight") for k in result[0].patches) and len(result[0].patches) == 16
 
 
