@@ -48,6 +48,12 @@ def _cli(comfy_path: Path, python: str, *args: str, timeout: float = 1500) -> su
     return result
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child: SIGINT raises KeyboardInterrupt, as at a terminal. A test suite started in the background
+    by a shell (``cmd &``) inherits SIGINT ignored, and a Ctrl-C test would then see the command run on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _core(c):
     import sys
 
@@ -178,7 +184,7 @@ def test_ctrl_c_leaves_no_file(sd15_ckpt_path, comfy_path, comfy_python, tmp_pat
     proc = subprocess.Popen([comfy_python, "-m", MODULE, "erase", str(sd15_ckpt_path), "--concepts", str(concepts),
                              "--out", str(out_dir / "c.safetensors"), "--lora", str(out_dir / "l.safetensors"),
                              "--cpu"], cwd=CUSTOM_NODES, env=_env(comfy_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_at_a_terminal)
     seen = bytearray()
     started = threading.Event()
 
@@ -341,7 +347,8 @@ def test_evaluate_stops_and_resumes_without_redoing(eval_world, comfy_path, comf
     out = eval_world["root"] / "resume"
     args = _evaluate_args(eval_world, out, eval_world["servers"][:1])
     proc = subprocess.Popen([comfy_python, "-m", MODULE, *args], cwd=CUSTOM_NODES, env=_env(comfy_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_at_a_terminal)
     while _finished(out) < 2:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
