@@ -3,17 +3,20 @@
 Prints one JSON line per case::
 
     case, device, matrices, concepts, d, seconds, node_seconds, report_seconds, node_over_edit,
-    solve_seconds, naive_seconds, speedup, whole_edit_speedup, rel_diff_vs_naive, solve_rel_err_vs_float64,
-    rel_err_vs_float64, weights_mb, peak_rss_mb (or peak_cuda_mb), peak_above_weights_mb
+    node_seconds_full, report_seconds_full, node_over_edit_full, solve_seconds, naive_seconds, speedup,
+    whole_edit_speedup, rel_diff_vs_naive, solve_rel_err_vs_float64, rel_err_vs_float64, weights_mb,
+    peak_rss_mb (or peak_cuda_mb), peak_above_weights_mb
 
 * ``seconds``: the whole ``scapre_core.erase`` call (text statistics, Informax weights, entropy, data
   term, solve, Bures) with the default scale-variant config, float32.
 * ``node_seconds``: what ScaPre Erase and ``python -m <pack> erase`` run (``nodes/glue/edit.py``): the same
   edit one matrix at a time (``erase_iter(changes=True)``) with its report (``ReportBuilder``: efficacy and
-  drift of every erased prompt, per matrix); ``report_seconds`` the report's share of it. ComfyUI's own
+  drift of every erased prompt, per matrix) on the default ``report_tokens="key"`` (each prompt's last word
+  token and the ``KEY_TOKENS`` after it); ``report_seconds`` the report's share of it. ComfyUI's own
   work around it (reading the weights, patching the clone) is not included. ``node_over_edit`` =
   ``node_seconds / (node_seconds - report_seconds)``: the node path against its own edit part, timed in
-  the same loop (robust to a machine whose load changes).
+  the same loop (robust to a machine whose load changes). ``*_full``: the same with ``report_tokens="full"``
+  (every token). ``--report-tokens key`` or ``full`` times one of them only.
 * ``solve_seconds``: our batched solve alone (one factorization per matrix), timed on one matrix per
   shape and scaled by the number of matrices of that shape.
 * ``naive_seconds``: the same solve done the reference way, one Cholesky factorization per output
@@ -39,7 +42,7 @@ Each case runs in a fresh subprocess so that peak memory is its own. Usage::
     python benchmarks/bench_solve.py --cases sd15_50 --device cuda
     python benchmarks/bench_solve.py --exactness-only # only rel_err_vs_float64 (public API only: it also
                                                       # runs against another checkout with SCAPRE_ROOT=...)
-    python benchmarks/bench_solve.py --node-only      # only seconds, node_seconds, report_seconds
+    python benchmarks/bench_solve.py --node-only      # only seconds and the node path, both report scopes
 """
 
 from __future__ import annotations
@@ -174,16 +177,16 @@ def run_exactness(name: str, device: str) -> dict:
             "rel_err_vs_float64": exactness(weights, concepts, cfg, keys, device)}
 
 
-def node_path(weights, concepts, cfg, device: str) -> tuple[float, float]:
-    """(seconds of the edit with its report as ``nodes/glue/edit.py: run_erase`` runs them, seconds of the
-    report alone within it)."""
+def node_path(weights, concepts, cfg, device: str, tokens: str = "key") -> tuple[float, float]:
+    """(seconds of the edit with its report on ``tokens`` as ``nodes/glue/edit.py: run_erase`` runs them,
+    seconds of the report alone within it)."""
     from comfyui_scapre.scapre_core import erase_iter
     from comfyui_scapre.scapre_core.report import ReportBuilder
 
     _sync(device)
     start = time.perf_counter()
     report = 0.0
-    builder = ReportBuilder({"erase": concepts}, device=device)
+    builder = ReportBuilder({"erase": concepts}, device=device, tokens=tokens)
     for name, change in erase_iter(weights, concepts, cfg, device=device, changes=True):
         t0 = time.perf_counter()
         original = weights[name].float()  # the node reads float32 copies and patches the change as computed
@@ -196,15 +199,25 @@ def node_path(weights, concepts, cfg, device: str) -> tuple[float, float]:
     return time.perf_counter() - start, report
 
 
-def timing(seconds: float, node: tuple[float, float]) -> dict:
+def timing(seconds: float, nodes: dict[str, tuple[float, float]]) -> dict:
     """``node_over_edit`` compares the node path with its own edit part (same run, same load on the machine):
-    ``node_seconds / (node_seconds - report_seconds)``."""
-    return {"seconds": round(seconds, 3), "node_seconds": round(node[0], 3), "report_seconds": round(node[1], 3),
-            "node_over_edit": round(node[0] / (node[0] - node[1]), 3)}
+    ``node_seconds / (node_seconds - report_seconds)``; no suffix for the default scope (key), ``_full`` for full."""
+    out = {"seconds": round(seconds, 3)}
+    for tokens, (node, report) in nodes.items():
+        suffix = "" if tokens == "key" else f"_{tokens}"
+        out.update({f"node_seconds{suffix}": round(node, 3), f"report_seconds{suffix}": round(report, 3),
+                    f"node_over_edit{suffix}": round(node / (node - report), 3)})
+    return out
 
 
-def run_node_only(name: str, device: str) -> dict:
-    """The edit alone, then the node path (edit + report), on the same inputs."""
+def node_paths(weights, concepts, cfg, device: str, scopes: list[str]) -> dict[str, tuple[float, float]]:
+    return {tokens: node_path(weights, concepts, cfg, device, tokens) for tokens in scopes}
+
+
+def run_node_only(name: str, device: str, scopes: list[str]) -> dict:
+    """The edit alone, then the node path (edit + report) for each report scope, on the same inputs."""
+    from comfyui_scapre.scapre_core.report import KEY_TOKENS
+
     shapes, m, d, concepts, weights = case_inputs(name, device)
     cfg = ScaPreConfig()
     _sync(device)
@@ -213,10 +226,11 @@ def run_node_only(name: str, device: str) -> dict:
     _sync(device)
     seconds = time.perf_counter() - start
     return {"case": name, "device": device, "matrices": len(shapes), "concepts": m, "d": d,
-            **timing(seconds, node_path(weights, concepts, cfg, device)), "threads": torch.get_num_threads()}
+            **timing(seconds, node_paths(weights, concepts, cfg, device, scopes)), "key_tokens": KEY_TOKENS,
+            "threads": torch.get_num_threads()}
 
 
-def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
+def run_case(name: str, device: str, naive_rows_per_shape: int, scopes: list[str]) -> dict:
     from scapre_core.informax import row_stats
     from scapre_core.solve import prepare_text_side
 
@@ -235,7 +249,7 @@ def run_case(name: str, device: str, naive_rows_per_shape: int) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     assert len(out) == len(shapes)
     del out
-    node = node_path(weights, concepts, cfg, device)
+    node = node_paths(weights, concepts, cfg, device, scopes)
 
     # naive per-row solve on a few rows of one matrix per distinct shape
     dtype = torch.float32
@@ -279,19 +293,23 @@ def main() -> None:
                         help="only rel_err_vs_float64, through the public erase API (no timing)")
     parser.add_argument("--node-only", action="store_true",
                         help="only the edit alone and the node path (edit + report), no per-row solve or exactness")
+    parser.add_argument("--report-tokens", choices=["key", "full", "both"], default="both",
+                        help="report scope(s) the node path is timed with (default both)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    scopes = ["key", "full"] if args.report_tokens == "both" else [args.report_tokens]
     if args.one:
         if args.exactness_only:
             result = run_exactness(args.one, args.device)
         elif args.node_only:
-            result = run_node_only(args.one, args.device)
+            result = run_node_only(args.one, args.device, scopes)
         else:
-            result = run_case(args.one, args.device, args.naive_rows)
+            result = run_case(args.one, args.device, args.naive_rows, scopes)
         print(json.dumps(result), flush=True)
         return
     for case in args.cases:
-        cmd = [sys.executable, __file__, "--one", case, "--device", args.device, "--naive-rows", str(args.naive_rows)]
+        cmd = [sys.executable, __file__, "--one", case, "--device", args.device, "--naive-rows", str(args.naive_rows),
+               "--report-tokens", args.report_tokens]
         cmd += ["--exactness-only"] if args.exactness_only else []
         subprocess.run(cmd + (["--node-only"] if args.node_only else []), check=True)
 

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig, informax_weights
 from ..scapre_core.config import FIELD_HELP
 from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
+from ..scapre_core.report import REPORT_SCOPES, describe_scope
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
 from .glue.edit import check_concepts, run_erase
 from .glue.payloads import InformaxPayload
@@ -86,13 +87,24 @@ def _erase_outputs() -> list[io.Output]:
     ]
 
 
-def _erase_output(model, concepts, settings: EraseSettings, informax, node_id, origin: dict) -> io.NodeOutput:
-    """Both erase nodes end here: one edit function, one output shape. The node shows the summary and
-    what the edit used (``used``: where the settings came from, seed, precision, Informax source)."""
+def _erase_output(model, concepts, settings: EraseSettings, informax, node_id, origin: dict,
+                  report_tokens: str) -> io.NodeOutput:
+    """Both erase nodes end here: one edit function, one output shape. The node shows the summary, what the
+    edit used (``used``: where the settings came from, seed, precision, Informax source) and the report's
+    token scope."""
     edited_model, record = run_erase(model, concepts, settings.config, settings.edit, informax,
-                                     progress(node_id, "erase"), origin=origin)
-    summary = {**record.report.summary(), "used": record.report.info["used"]}
+                                     progress(node_id, "erase"), origin=origin, report_tokens=report_tokens)
+    summary = {**record.report.summary(), "used": record.report.info["used"],
+               "report_tokens": record.report.info["report_tokens"]}
     return io.NodeOutput(edited_model, record.report, ui={"scapre_summary": [summary]})
+
+
+def _report_tokens_input() -> io.Input:
+    return io.Combo.Input(
+        "report_tokens", options=list(REPORT_SCOPES), default="key", optional=True,
+        tooltip="Which tokens the report (efficacy and drift per prompt) is measured on; the edit is the same "
+                f"either way. key: {describe_scope('key')}, exact on those tokens, about a tenth of the edit's "
+                f"time or less. full: {describe_scope('full')}, about as long again as the edit itself.")
 
 
 _PRESET_HELP = "; ".join(f"{name}: {PRESETS[name].description}" for name in PRESET_NAMES)
@@ -128,13 +140,15 @@ class ScaPreEraseSimple(io.ComfyNode):
                                tooltip="Optional, from ScaPre Settings: every setting of the edit. When "
                                        "connected it replaces preset, strength and seed (a connected ScaPre "
                                        "Informax still sets the Informax settings)."),
+                _report_tokens_input(),
             ],
             outputs=_erase_outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, model, concepts, preset, strength, seed, informax=None, settings=None) -> io.NodeOutput:
+    def execute(cls, model, concepts, preset, strength, seed, informax=None, settings=None,
+                report_tokens="key") -> io.NodeOutput:
         if settings is not None:
             if not isinstance(settings, EraseSettings):
                 raise ValueError("settings must come from a ScaPre Settings node")
@@ -148,7 +162,7 @@ class ScaPreEraseSimple(io.ComfyNode):
             except ValueError as err:
                 raise ValueError(f"invalid ScaPre setting: {err}") from None
             origin = {"source": "preset", "preset": preset, "strength": float(strength)}
-        return _erase_output(model, concepts, settings, informax, cls.hidden.unique_id, origin)
+        return _erase_output(model, concepts, settings, informax, cls.hidden.unique_id, origin, report_tokens)
 
 
 class ScaPreSettings(io.ComfyNode):
@@ -184,7 +198,8 @@ class ScaPreErase(io.ComfyNode):
             category=CATEGORY,
             description="Deprecated: use ScaPre Erase (with ScaPre Settings for every field). Kept so that "
                         "workflows saved with it still load and give the same edit. Erases the encoded concepts "
-                        "by ScaPre's closed-form edit of the cross-attention keys and values.",
+                        "by ScaPre's closed-form edit of the cross-attention keys and values. Its report is "
+                        "measured on every token (report tokens: full), as before.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to edit (SD1.x, SD2.x or SDXL UNet)."),
                 Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's CLIP)."),
@@ -199,5 +214,6 @@ class ScaPreErase(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concepts, edit, informax=None, **values) -> io.NodeOutput:
+        # its report stays on every token, as before (no new widget: saved workflows store widgets by position)
         return _erase_output(model, concepts, EraseSettings(_build_config(values), edit), informax,
-                             cls.hidden.unique_id, {"source": "widgets"})
+                             cls.hidden.unique_id, {"source": "widgets"}, "full")

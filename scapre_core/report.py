@@ -3,7 +3,10 @@
 Measures (see :mod:`scapre_core.metrics`): *efficacy*, how far a prompt's projections moved onto
 its guide's (0 to 1), and *drift*, the relative change of a prompt's projections. Both are computed
 for every erased prompt, probe and preserve prompt, per matrix and pooled over the whole edit, from
-the same token contexts the solve reads.
+the same token contexts the solve reads, on one of two token scopes (:data:`REPORT_SCOPES`): ``"key"``
+(the default: each prompt's last word token and the :data:`KEY_TOKENS` tokens after it) or ``"full"``
+(every token from the last word on). Either is exact on its tokens; ``"full"`` costs about as much as
+the edit itself, ``"key"`` a small fraction of it.
 """
 
 from __future__ import annotations
@@ -123,6 +126,9 @@ class EditReport:
             lines.append(f"- largest collateral drift: **{s['worst_drift']['text']}** "
                          f"({s['worst_drift']['group']}, {_fmt(s['worst_drift']['value'])})")
         lines.append(f"- mean relative weight change: {_fmt(s['mean_change'])}")
+        if self.info.get("report_tokens") in REPORT_SCOPES:
+            lines.append(f"- measured on: {describe_scope(self.info['report_tokens'])} "
+                         f"(report tokens: {self.info['report_tokens']})")
         lines += [f"- warning: {w}" for w in self.warnings]
         for group, title, key in (("erase", "Erased prompts (lowest efficacy first)", "efficacy"),
                                   ("probe", "Probes (highest drift first)", "drift"),
@@ -167,6 +173,31 @@ def short_name(key: str) -> str:
 #: fixed, so results never depend on the machine.
 REPORT_TOKENS = 512
 
+#: The report's token scopes. ``"key"``: per prompt its last word token and the :data:`KEY_TOKENS` tokens after
+#: it (the end token and the first padding tokens), where the edit moves a prompt most; ``"full"``: every
+#: token from the last word on (all the tokens the edit reads). Exact on its tokens either way, not an estimate.
+REPORT_SCOPES = ("key", "full")
+
+#: Tokens after the last word token in the ``"key"`` scope. Chosen by measurement (docs/performance.md): the
+#: largest count that keeps the node path (edit + report) within 1.2x of the edit alone on SD1.5 and SDXL shapes.
+KEY_TOKENS = 8
+
+
+def scope_tokens(scope: str) -> int | None:
+    """Tokens per prompt the report reads in ``scope`` (from the last word token on), None for all of them."""
+    if scope not in REPORT_SCOPES:
+        raise ValueError(f"report tokens must be one of {REPORT_SCOPES}, got {scope!r}")
+    return None if scope == "full" else 1 + KEY_TOKENS
+
+
+def describe_scope(scope: str) -> str:
+    """What a report in ``scope`` measured on, in words (the report's table shows it)."""
+    if scope_tokens(scope) is None:
+        return "every token of each prompt from its last word on (all the tokens the edit reads)"
+    return (f"each prompt's last word token and the {KEY_TOKENS} tokens after it (end token, first padding "
+            f"tokens)")
+
+
 #: Rows of :meth:`ReportBuilder.add`'s per-matrix sums: the numerator and denominator of efficacy, then of drift.
 _SUMS = ("moved_along_way", "way_sq", "moved_sq", "before_sq")
 
@@ -191,27 +222,39 @@ class ReportBuilder:
     They are formed in blocks of about :data:`REPORT_TOKENS` tokens: two products ``W0 X_b^T`` and
     ``(W - W0) X_b^T`` per block (the guide side ``W0 Y^T`` once per distinct guide), summed in the
     arithmetic's dtype within a block and in float64 across blocks and matrices. Working memory is a few
-    ``o x REPORT_TOKENS`` blocks whatever the number of prompts."""
+    ``o x REPORT_TOKENS`` blocks whatever the number of prompts.
+
+    ``tokens`` (:data:`REPORT_SCOPES`) says which of each prompt's tokens the sums run over: ``"key"`` (default)
+    its first ``1 + KEY_TOKENS`` tokens from the last word on (a prompt's context ``X_j`` starts at its last word
+    token, and its guide ``Y_j`` is aligned to it), ``"full"`` all of them. The report's ``info`` records it."""
 
     def __init__(self, groups: Mapping[str, ConceptSet | None], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, tokens: str = "key") -> None:
         self._device, self._dtype = torch.device(device), dtype
+        self._tokens, limit = tokens, scope_tokens(tokens)
         self._groups: dict[str, _Group] = {}
         for name, cs in groups.items():
             if name not in GROUPS:
                 raise ValueError(f"unknown report group {name!r}; use one of {GROUPS}")
             if cs is None or cs.num_concepts == 0:
                 continue
-            contexts = pad_sequences(cs.contexts, dtype, self._device)
-            lengths = torch.tensor([c.shape[0] for c in cs.contexts], device=self._device)
+            seqs = cs.contexts if limit is None else tuple(c[:limit] for c in cs.contexts)
+            guides = cs.guides if limit is None else tuple(gd[:limit] for gd in cs.guides)
+            contexts = pad_sequences(seqs, dtype, self._device)
+            lengths = torch.tensor([c.shape[0] for c in seqs], device=self._device)
             mask = torch.arange(contexts.shape[1], device=self._device).unsqueeze(0) < lengths.unsqueeze(1)
             self._groups[name] = _Group(
                 concepts=cs, contexts=contexts, mask=mask.to(dtype),
-                guides=pad_sequences(cs.guides, dtype, self._device),
+                guides=pad_sequences(guides, dtype, self._device),
                 guide_index=torch.tensor(cs.guide_index, dtype=torch.long, device=self._device),
             )
         self._matrices: list[MatrixResult] = []
         self._sums: dict[str, list[torch.Tensor]] = {name: [] for name in self._groups}  # [4, n] per matrix
+
+    @property
+    def tokens(self) -> str:
+        """The token scope, ``"key"`` or ``"full"``."""
+        return self._tokens
 
     def add(self, name: str, w0: torch.Tensor, w: torch.Tensor) -> None:
         """Measure one edited matrix ``w0 -> w``."""
@@ -241,8 +284,9 @@ class ReportBuilder:
                     drift_per_matrix=tuple(x.drift for x in dr),
                     concept=(concept_of or {}).get(text, "") if group == "erase" else "",
                 ))
+        scope = {"report_tokens": self._tokens, "report_tokens_per_prompt": scope_tokens(self._tokens)}
         return EditReport(matrices=tuple(self._matrices), prompts=tuple(prompts), config=dict(config or {}),
-                          info=dict(info or {}), seconds=seconds, warnings=tuple(warnings))
+                          info={**dict(info or {}), **scope}, seconds=seconds, warnings=tuple(warnings))
 
 
 def _group_sums(w0: torch.Tensor, delta: torch.Tensor, g: _Group) -> torch.Tensor:

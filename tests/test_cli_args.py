@@ -95,6 +95,8 @@ def _bad_erase_cases(ckpt: Path, concepts: Path, tmp: Path) -> list[tuple[list[s
          "--dtype applies to --out"),
         (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--dtype", "fp8"],
          "argument --dtype: invalid choice: 'fp8'"),
+        (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--report-tokens", "all"],
+         "argument --report-tokens: invalid choice: 'all'"),
         (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--comfyui", str(tmp)],
          "is not a ComfyUI folder"),
         (["evaluate", "--base", "a", "--edit", "b", "--prompts", "p.csv", "--out", "o"],
@@ -138,6 +140,16 @@ def test_without_a_comfyui_the_message_says_how_to_give_one(ckpt, concepts, tmp_
     assert result.returncode == 2 and not result.stdout
     assert result.stderr.strip() == ("python -m comfyui-scapre erase: error: no ComfyUI install given: pass "
                                      "--comfyui PATH or set COMFYUI_PATH (the folder with ComfyUI's main.py)")
+
+
+def test_report_tokens_reach_the_job(ckpt, concepts, tmp_path):
+    """``--report-tokens`` (default key, the nodes' default) is handed to the edit."""
+    from comfyui_scapre.nodes.cli import erase_command
+
+    base = ["erase", str(ckpt), "--concepts", str(concepts), "--lora", str(tmp_path / "o.safetensors")]
+    assert erase_command.prepare(cli.build_parser().parse_args(base)).report_tokens == "key"
+    full = cli.build_parser().parse_args([*base, "--report-tokens", "full"])
+    assert erase_command.prepare(full).report_tokens == "full"
 
 
 def test_help_lists_the_presets(capsys):

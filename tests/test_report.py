@@ -35,7 +35,7 @@ def test_builder_matches_direct_metrics_and_pools_matrices():
     out = erase(weights, concepts, ScaPreConfig(variant="uce"))
     probes = _probe_set(raw["erase"][:1] + raw["guide"][:1], [raw["erase_last"][0], 2], raw["guide"][0], 0,
                         raw["empty"], ["copy of prompt 0", "other"])
-    builder = ReportBuilder({"erase": concepts, "probe": probes}, dtype=torch.float64)
+    builder = ReportBuilder({"erase": concepts, "probe": probes}, dtype=torch.float64, tokens="full")
     for k in weights:
         builder.add(k, weights[k], out[k])
     report = builder.build(concept_of={})
@@ -117,7 +117,7 @@ def test_blocks_of_prompts_give_the_direct_sums(monkeypatch):
 
     def run(tokens: int):
         monkeypatch.setattr(report_module, "REPORT_TOKENS", tokens)
-        builder = ReportBuilder({"erase": concepts, "probe": concepts}, dtype=torch.float64)
+        builder = ReportBuilder({"erase": concepts, "probe": concepts}, dtype=torch.float64, tokens="full")
         for k in weights:
             builder.add(k, weights[k], edited[k])
         return builder.build()
@@ -133,3 +133,76 @@ def test_blocks_of_prompts_give_the_direct_sums(monkeypatch):
     assert [p.drift for p in one_per_block.prompts] == pytest.approx([p.drift for p in all_in_one.prompts], rel=1e-12)
     change = float((edited["a"] - weights["a"]).norm() / weights["a"].norm())
     assert one_per_block.matrices[0].rel_change == pytest.approx(change, rel=1e-12)
+
+
+def _long_prompts(n: int = 5, length: int = 40, dim: int = 10):
+    """Prompts much longer than the key scope, last words at different places, two guides (one empty)."""
+    g = torch.Generator().manual_seed(11)
+    seqs = [torch.randn(length, dim, generator=g, dtype=torch.float64) for _ in range(n)]
+    guides = [torch.randn(length, dim, generator=g, dtype=torch.float64) for _ in range(2)]
+    concepts = ConceptSet.from_embeddings(seqs, [1, 3, 7, 2, 5][:n], [guides[j % 2] for j in range(n)],
+                                          [0, 4] * (n // 2) + [0] * (n % 2),
+                                          torch.randn(length, dim, generator=g, dtype=torch.float64),
+                                          erase_texts=[f"p{j}" for j in range(n)])
+    weights = {"a": torch.randn(9, dim, generator=g, dtype=torch.float64),
+               "b": torch.randn(6, dim, generator=g, dtype=torch.float64)}
+    edited = {k: w + 0.1 * torch.randn(w.shape, generator=g, dtype=torch.float64) for k, w in weights.items()}
+    return concepts, weights, edited
+
+
+def _build(concepts, weights, edited, tokens, **groups):
+    builder = ReportBuilder({"erase": concepts, **groups}, dtype=torch.float64, tokens=tokens)
+    for k in weights:
+        builder.add(k, weights[k], edited[k])
+    return builder.build(info={"edit": "keys and values"})
+
+
+def test_key_tokens_are_exact_on_the_last_word_and_the_tokens_after_it():
+    """The key scope equals the direct sums over each prompt's first 1 + KEY_TOKENS tokens from its last word on
+    (its guide aligned to them), for erased prompts (efficacy) and watched prompts (drift), and differs from the
+    full scope when prompts are longer."""
+    from comfyui_scapre.scapre_core.report import KEY_TOKENS
+
+    concepts, weights, edited = _long_prompts()
+    n = 1 + KEY_TOKENS
+    assert all(c.shape[0] > n for c in concepts.contexts)
+    key = _build(concepts, weights, edited, "key", probe=concepts)
+    full = _build(concepts, weights, edited, "full", probe=concepts)
+    for k_idx, k in enumerate(weights):
+        eff = efficacy_gaps(weights[k], edited[k], [c[:n] for c in concepts.contexts],
+                            [t[:n] for t in concepts.targets])
+        dr = drift_gaps(weights[k], edited[k], [c[:n] for c in concepts.contexts])
+        for j, p in enumerate(key.group("erase")):
+            assert p.efficacy_per_matrix[k_idx] == pytest.approx(eff[j].efficacy, rel=1e-12, abs=1e-12)
+            assert p.drift_per_matrix[k_idx] == pytest.approx(dr[j].drift, rel=1e-12)
+        for j, p in enumerate(key.group("probe")):
+            assert p.drift_per_matrix[k_idx] == pytest.approx(dr[j].drift, rel=1e-12)
+    assert [p.efficacy for p in key.prompts] != pytest.approx([p.efficacy for p in full.prompts], rel=1e-6)
+    assert [m.rel_change for m in key.matrices] == [m.rel_change for m in full.matrices]
+
+
+def test_key_equals_full_on_prompts_no_longer_than_the_key_scope():
+    from comfyui_scapre.scapre_core.report import KEY_TOKENS
+
+    concepts, weights, edited = _long_prompts(length=KEY_TOKENS + 2)  # last words at 1..7: at most 1+K tokens
+    assert all(c.shape[0] <= 1 + KEY_TOKENS for c in concepts.contexts)
+    key = _build(concepts, weights, edited, "key")
+    full = _build(concepts, weights, edited, "full")
+    assert key.prompts == full.prompts
+
+
+def test_the_report_records_its_token_scope_and_shows_it():
+    from comfyui_scapre.scapre_core.report import KEY_TOKENS, describe_scope
+
+    concepts, weights, edited = _long_prompts()
+    key = _build(concepts, weights, edited, "key")
+    assert key.info["report_tokens"] == "key" and key.info["report_tokens_per_prompt"] == 1 + KEY_TOKENS
+    assert key.info["edit"] == "keys and values"  # the caller's info is kept
+    assert f"- measured on: {describe_scope('key')} (report tokens: key)" in key.to_markdown()
+    full = _build(concepts, weights, edited, "full")
+    assert full.info["report_tokens"] == "full" and full.info["report_tokens_per_prompt"] is None
+    assert "- measured on: every token" in full.to_markdown()
+    assert EditReport.from_dict(json.loads(key.to_json())) == key
+    assert ReportBuilder({"erase": concepts}).tokens == "key"  # the default
+    with pytest.raises(ValueError, match="report tokens must be one of"):
+        ReportBuilder({"erase": concepts}, tokens="some")

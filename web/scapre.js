@@ -145,6 +145,9 @@ export function describeSummary(s) {
     const erased = `erased ${plural(s.concepts ?? 0, "concept")} (${plural(s.prompts ?? 0, "prompt")})`;
     const lines = [[erased, matrices, seconds].filter(Boolean).join(" · "), ...describeUsed(s.used)];
     const worst = (label, item, extra = "") => `worst ${label} ${num(item.value)} · "${str(item.text)}"${extra}`;
+    // the report's token scope (report_tokens on ScaPre Erase, scapre_core/report.py REPORT_SCOPES)
+    if (s.report_tokens === "key") lines.push("report on key tokens (last word, end, first padding)");
+    else if (s.report_tokens === "full") lines.push("report on every token");
     if (s.mean_efficacy != null) lines.push(`mean efficacy ${num(s.mean_efficacy)}`);
     if (s.worst_efficacy) lines.push(worst("efficacy", s.worst_efficacy));
     if (s.worst_drift) lines.push(worst("drift", s.worst_drift, ` (${str(s.worst_drift.group)})`));

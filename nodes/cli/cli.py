@@ -20,6 +20,7 @@ import sys
 
 from ...scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS
 from ...scapre_core.prompts import CONCEPT_TYPES
+from ...scapre_core.report import KEY_TOKENS, REPORT_SCOPES
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--expand-templates", action="store_true", help="also erase each concept in its templates")
     erase.add_argument("--guide", default="", help="what erased prompts should become (default: unconditional)")
     erase.add_argument("--preserve", default="", help="comma-separated prompts to keep unchanged")
+    erase.add_argument("--report-tokens", choices=list(REPORT_SCOPES), default="key",
+                       help="tokens the report (.scapre.json) is measured on: key (default; each prompt's last word "
+                            f"token and the {KEY_TOKENS} after it, cheap) or full (every token, about as long again as "
+                            "the edit)")
     erase.add_argument("--comfyui", metavar="PATH",
                        help="ComfyUI folder (default: $COMFYUI_PATH, else the ComfyUI this pack is installed in)")
     erase.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")

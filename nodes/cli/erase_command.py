@@ -40,6 +40,7 @@ class EraseJob:
     expand_templates: bool
     guide: str
     preserve: str
+    report_tokens: str = "key"
 
 
 def _output(value: str | None, what: str) -> Path | None:
@@ -84,7 +85,8 @@ def prepare(args) -> EraseJob:
         origin["settings_file"] = str(Path(args.settings).name)
     return EraseJob(checkpoint=checkpoint.resolve(), concepts=concepts, settings=settings, out=out, lora=lora,
                     rank=args.rank, dtype=dtype, origin=origin, concept_type=args.concept_type,
-                    expand_templates=args.expand_templates, guide=args.guide, preserve=args.preserve or "")
+                    expand_templates=args.expand_templates, guide=args.guide, preserve=args.preserve or "",
+                    report_tokens=getattr(args, "report_tokens", "key"))
 
 
 def _read_json(path: str) -> dict:
@@ -162,7 +164,7 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
             log.warning("%s", warning)
         concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"))
         edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"),
-                                   origin=job.origin)
+                                   origin=job.origin, report_tokens=job.report_tokens)
         lines = []
         if job.lora is not None:
             matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"))

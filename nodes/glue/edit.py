@@ -14,7 +14,7 @@ import torch
 
 from ...scapre_core import ScaPreConfig, __version__, erase_iter
 from ...scapre_core.concepts import ConceptSet
-from ...scapre_core.report import REPORT_TOKENS, ReportBuilder
+from ...scapre_core.report import REPORT_TOKENS, ReportBuilder, scope_tokens
 from ...scapre_core.solve import CONCEPT_BLOCK
 from .payloads import EditRecord, EncodedConcepts, InformaxPayload
 from .weights import EffectiveWeights, compute_device, kv_keys, patched_clone
@@ -61,15 +61,19 @@ def make_room(device: torch.device, memory_required: int) -> None:
 
 def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str = "keys and values",
               informax: InformaxPayload | None = None, step: Callable[[int, int], None] | None = None,
-              warnings: tuple[str, ...] = (), origin: Mapping[str, Any] | None = None):
+              warnings: tuple[str, ...] = (), origin: Mapping[str, Any] | None = None,
+              report_tokens: str = "key"):
     """``(edited_model, record)``: ``model`` erased of ``concepts`` with ``config``; ``model`` is untouched.
 
     ``informax`` (optional) supplies precomputed row weights; its settings (seed and precision included)
     then win over ``config``'s Informax fields. ``origin`` says where ``config`` came from (e.g.
     ``{"source": "preset", "preset": "artists", "strength": 1.0}``). What was used, and every setting the
     Informax node replaced, is recorded as ``report.info["used"]`` (shown on the node, saved with the
-    edit). ``step(done, total)`` runs after each matrix and may raise to cancel."""
+    edit). ``report_tokens`` is the report's token scope (``scapre_core.report.REPORT_SCOPES``): ``"key"`` (each
+    prompt's last word token and the few after it, a small fraction of the edit's cost) or ``"full"`` (every token,
+    about the edit's own cost). ``step(done, total)`` runs after each matrix and may raise to cancel."""
     concepts = check_concepts(concepts)
+    scope_tokens(report_tokens)  # a bad scope fails before any work
     warnings = [*concepts.plan.warnings, *warnings]
     given, replaced = None, {}
     if informax is not None:
@@ -90,7 +94,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     entries = model.get_key_patches("diffusion_model.")
     make_room(device, working_memory(concepts, {k: tuple(entries[k][0][0].shape) for k in keys}, config))
     builder = ReportBuilder({"erase": concepts.erase, "probe": concepts.probes, "preserve": concepts.preserve},
-                            device=device)
+                            device=device, tokens=report_tokens)
     diffs = {}
     start = time.perf_counter()
     for name, change in erase_iter(weights, concepts.erase, config, given, step, device=device, changes=True):

@@ -300,6 +300,23 @@ def test_legacy_erase_workflow_loads_with_its_values(comfy_page, comfy_server):
     assert not _own_problems(comfy_page)
 
 
+def test_erase_workflow_saved_before_report_tokens_keeps_its_values(comfy_page, comfy_server):
+    """A ScaPre Erase saved by 0.3.0 (three widget values, no report_tokens) opens with its values in place and the
+    new widget at its default, key; the prompt it sends is the quick start's own."""
+    workflow = _example("erase_sd15.json")
+    old = copy.deepcopy(workflow)
+    (node,) = [n for n in old["nodes"] if n["type"] == "ScaPreEraseSimple"]
+    node["widgets_values"] = node["widgets_values"][:3]
+    node["inputs"] = [i for i in node["inputs"] if i["name"] != "report_tokens"]
+    comfy_page.load_workflow(old)
+    values = comfy_page.js("() => scapreTest.node('ScaPreEraseSimple').widgets.filter((w) => w.name !== "
+                           "'scapre_info').map((w) => [w.name, w.value])")
+    assert values == [["preset", "artists"], ["strength", 1], ["seed", 0], ["report_tokens", "key"]], values
+    expected = comfy_support.ui_workflow_to_api(workflow, comfy_server.object_info())
+    assert _inputs_only(_frontend_prompt(comfy_page)) == _inputs_only(expected)
+    assert not _own_problems(comfy_page)
+
+
 def test_example_runs_and_shows_results(comfy_page, comfy_server, sd15_ckpt_path, tmp_path):
     """erase_sd15.json queued from the page on the random SD1.5 fixture; every ScaPre node shows its result.
 
@@ -328,6 +345,7 @@ def test_example_runs_and_shows_results(comfy_page, comfy_server, sd15_ckpt_path
     assert erase.startswith("erased 1 concept (1 prompt) · 32 matrices · "), erase
     # the quick start shows what it used; its seed widget is the seed (no ScaPre Informax connected)
     assert erase.splitlines()[1] == "used: preset artists × 1.00 · seed 0 · float32 · Informax computed here", erase
+    assert "report on key tokens (last word, end, first padding)" in erase.splitlines(), erase
     assert 'worst efficacy ' in erase and '"Van Gogh"' in erase
     assert "worst drift " in erase and "(probe)" in erase
     _wait_info(comfy_page, "ScaPreReport")

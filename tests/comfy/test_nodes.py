@@ -128,7 +128,12 @@ def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
     assert (simple.display_name, simple.is_deprecated) == ("ScaPre Erase", False)
     assert (legacy.display_name, legacy.is_deprecated) == ("ScaPre Erase (legacy)", True)
     assert settings.display_name == "ScaPre Settings"
-    assert [i.id for i in simple.inputs] == ["model", "concepts", "preset", "strength", "seed", "informax", "settings"]
+    # new inputs go last and optional: a workflow saved before them keeps its widget values in place
+    assert [i.id for i in simple.inputs] == ["model", "concepts", "preset", "strength", "seed", "informax", "settings",
+                                             "report_tokens"]
+    report_tokens = simple.inputs[-1]
+    assert report_tokens.optional and report_tokens.default == "key" and list(report_tokens.options) == ["key", "full"]
+    assert "key" in report_tokens.tooltip and "full" in report_tokens.tooltip
     presets = next(i for i in simple.inputs if i.id == "preset")
     assert list(presets.options) == list(_core(scapre_nodes).presets.PRESET_NAMES) and presets.default == "custom"
     sockets = {"model", "concepts", "informax"}
@@ -215,6 +220,28 @@ def test_report_node_and_report_contents(scapre_nodes, sd15_edit):
     assert tuple(image.shape[:1]) == (1,) and image.shape[-1] == 3 and image.shape[2] == 1600
     assert float(image.std()) > 0.01
     assert "golden retriever" in table and "tiger" in table and "dog" in table
+
+
+def test_report_tokens_choose_the_report_scope_not_the_edit(scapre_nodes, sd15_loaded, sd15_edit):
+    """ScaPre Erase measures its report on the key tokens by default and on every token with report_tokens full:
+    the same edit; the legacy node keeps its full report; the scope is in the report, its table and the node's
+    summary."""
+    c = scapre_nodes
+    model = sd15_loaded[0]
+    report_module = _core(c).report
+    key = _erase_simple(c, model, sd15_edit["concepts"], informax=sd15_edit["informax"])
+    full = _erase_simple(c, model, sd15_edit["concepts"], informax=sd15_edit["informax"], report_tokens="full")
+    assert _same_edit(key[0], full[0]) and _same_edit(key[0], sd15_edit["edited"])
+    assert key[1].info["report_tokens"] == "key" and key.ui["scapre_summary"][0]["report_tokens"] == "key"
+    assert full[1].info["report_tokens"] == "full" and full.ui["scapre_summary"][0]["report_tokens"] == "full"
+    assert sd15_edit["report"].info["report_tokens"] == "full"  # the legacy node, as before
+    assert [p.efficacy for p in full[1].prompts] == [p.efficacy for p in sd15_edit["report"].prompts]
+    assert [p.efficacy for p in key[1].prompts] != [p.efficacy for p in full[1].prompts]
+    assert [p.text for p in key[1].prompts] == [p.text for p in full[1].prompts]
+    (_, table) = c.run_node("ScaPreReport", report=key[1])[:2]
+    assert f"- measured on: {report_module.describe_scope('key')} (report tokens: key)" in table
+    with pytest.raises(ValueError, match="report tokens must be one of"):
+        _erase_simple(c, model, sd15_edit["concepts"], report_tokens="some")
 
 
 def test_edit_again_and_compose_with_lora(scapre_nodes, sd15_loaded, sd15_edit, tmp_path):
