@@ -12,13 +12,11 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig, informax_weights
+from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig
 from ..scapre_core.config import FIELD_HELP
 from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
-from .glue.edit import check_concepts, run_erase
-from .glue.payloads import InformaxPayload
-from .glue.weights import EffectiveWeights, compute_device, kv_keys
+from .glue.edit import run_erase, run_informax
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScaPreConfig))
 
@@ -55,12 +53,9 @@ class ScaPreInformax(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concepts, **values) -> io.NodeOutput:
-        concepts = check_concepts(concepts)
         config = _build_config(values)
-        keys = kv_keys(model, concepts.width)
-        result = informax_weights(EffectiveWeights(model, keys), concepts.erase, config,
-                                  progress(cls.hidden.unique_id, "informax"), device=compute_device(model))
-        return io.NodeOutput(InformaxPayload(result=result, config=config, keys=tuple(keys)))
+        payload = run_informax(model, concepts, config, progress(cls.hidden.unique_id, "informax"))
+        return io.NodeOutput(payload)
 
 
 def _edit_input() -> io.Input:
