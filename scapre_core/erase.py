@@ -105,11 +105,11 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
         mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
         lam_prox = config.lam + mu
         row_max = row_weights.max(dim=1).values
-        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max)
+        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max, w0)
         change = bures_change(w0, solved - w0, mu, lam_prox, config.bures_iters)
         return egbr_change(w0, change, spread) if config.egbr else change
 
-    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None)
+    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None, w0)
     if config.variant == "uce":
         return solved - w0
     entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)

@@ -24,10 +24,17 @@ Gram matrix and the SVD residual are rotated into it once per edit in float64, s
 of ``b`` is a sum of terms of its own size and is accurate to float32 relative to itself; each is then
 divided by its own eigenvalue. The rank-``k`` corrections are built in float64 (they are ``k x d``).
 The float32 edit then equals the float64 edit to about ``1e-6`` of the edit (``bench_solve.py``).
+
+Short text in a wide space. When the contexts, concept vectors and preserve contexts have fewer rows than
+half the text width (a DiT's long padding merged to one row per prompt, a handful of concepts), ``G0``
+differs from ``lambda I`` only on their span: :func:`_span_eigh` finds its eigenpairs there (``n^2 d``
+instead of ``d^3``), every per-matrix product runs in those ``r`` coordinates (``o d r`` instead of
+``o d^2``), and each row keeps its part off the span unchanged, as the full solve does.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +93,8 @@ class TextSide:
     weak_gate: torch.Tensor | None  # [k], float64 on the linear-algebra device
     residual_ctx: torch.Tensor | None  # [d, m]
     residual_e: torch.Tensor | None  # [m, d], (P_w C)^T E
+    #: ``basis`` spans only the text (``[d, r]``, ``r < d``); ``G0 = lambda I`` on the rest (:func:`_span_eigh`)
+    partial: bool = False
 
 
 def prepare_text_side(
@@ -95,15 +104,19 @@ def prepare_text_side(
     f64, lin = torch.float64, linalg_device(device)
     dim = concepts.dim
     c = concepts.concept_vecs.to(device=lin, dtype=f64).T  # [d, m]
-    eye = torch.eye(dim, dtype=f64, device=lin)
-    g0 = config.lam * eye + config.erase_scale * gram(concepts.contexts, f64, lin, dim)
     preserve_gram = None
     if concepts.num_preserve:
         preserve_gram = config.preserve_scale * gram(concepts.preserve_contexts, f64, lin, dim)
-        g0 += preserve_gram
-    if config.variant != "uce":
-        g0 += c @ c.T
-    eigvals, basis = torch.linalg.eigh(0.5 * (g0 + g0.T))
+    if text_rows(concepts, config) <= dim // 2:
+        eigvals, basis = _span_eigh(concepts, config, lin)
+    else:
+        g0 = config.lam * torch.eye(dim, dtype=f64, device=lin)
+        g0 += config.erase_scale * gram(concepts.contexts, f64, lin, dim)
+        if preserve_gram is not None:
+            g0 += preserve_gram
+        if config.variant != "uce":
+            g0 += c @ c.T
+        eigvals, basis = torch.linalg.eigh(0.5 * (g0 + g0.T))
 
     u, sv, _ = torch.linalg.svd(c, full_matrices=False)  # u: [d, k]
     proj_weights = sv * sv / (sv * sv + PROJ_EPS)
@@ -131,7 +144,41 @@ def prepare_text_side(
         weak_gate=weak_gate,
         residual_ctx=cast(residual_ctx),
         residual_e=None if residual_ctx is None else cast(residual_ctx.T @ basis),
+        partial=basis.shape[1] < dim,
     )
+
+
+#: A direction of the text whose curvature ``s sigma^2`` is below this fraction of the largest is left in the
+#: complement (curvature ``lambda``); its effect on the solve is below ``1e-12 s sigma_max^2 / lambda``.
+SPAN_RTOL = 1e-12
+
+
+def text_rows(concepts: ConceptSet, config: ScaPreConfig) -> int:
+    """How many rows span the text statistics of ``G0 - lambda I``: an upper bound on their rank."""
+    rows = sum(x.shape[0] for x in concepts.contexts) + sum(z.shape[0] for z in concepts.preserve_contexts)
+    return rows + (concepts.num_concepts if config.variant != "uce" else 0)
+
+
+def _span_eigh(concepts: ConceptSet, config: ScaPreConfig, lin: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of ``G0`` on the span of the text (``[r]``, ``[d, r]``), when that span is small.
+
+    ``G0 - lambda I = K^T K`` with ``K`` the rows ``sqrt(s) X_j``, ``c_j`` (not for uce) and ``sqrt(q) Z_k``;
+    off their span ``G0`` is ``lambda I``. An orthonormal basis ``Q`` of the span (a QR of ``K^T``) and the
+    eigenvectors of ``(K Q)^T (K Q)`` give the eigenvectors ``Q V`` at ``n^2 d`` instead of ``d^3``; the solve
+    then works in those ``r`` coordinates and leaves the complement of every row as it is (its right-hand
+    side is ``prox w0`` there, divided by the same ``prox``)."""
+    f64 = torch.float64
+    parts = [math.sqrt(config.erase_scale) * x.to(device=lin, dtype=f64) for x in concepts.contexts]
+    if config.variant != "uce":
+        parts.append(concepts.concept_vecs.to(device=lin, dtype=f64))
+    parts += [math.sqrt(config.preserve_scale) * z.to(device=lin, dtype=f64) for z in concepts.preserve_contexts]
+    k = torch.cat(parts)  # [n, d]
+    q, _ = torch.linalg.qr(k.T)  # [d, n]
+    kq = k @ q
+    curv, vecs = torch.linalg.eigh(kq.T @ kq)
+    keep = curv > SPAN_RTOL * max(float(curv.max()), 0.0) if curv.numel() else curv > 0
+    keep &= curv > 0
+    return config.lam + curv[keep], q @ vecs[:, keep]
 
 
 def rotate_sequences(
@@ -141,7 +188,7 @@ def rotate_sequences(
     if not seqs:
         return torch.zeros(0, 0, 0, dtype=dtype, device=device)
     t_max = max(s.shape[0] for s in seqs)
-    out = torch.zeros(len(seqs), t_max, seqs[0].shape[1], dtype=dtype, device=device)
+    out = torch.zeros(len(seqs), t_max, basis.shape[1], dtype=dtype, device=device)
     for j, s in enumerate(seqs):
         out[j, : s.shape[0]] = (s.to(device=basis.device, dtype=basis.dtype) @ basis).to(device=device, dtype=dtype)
     return out
@@ -163,12 +210,12 @@ def data_term(
 
     Each distinct guide is projected once; ``Y_j`` is a prefix of its guide, and the columns of
     ``T_j`` past ``t_j`` meet the zero padding of ``X_j``, so they add nothing."""
-    o, (m, t, d) = w0.shape[0], text.contexts_e.shape
+    o, (m, t, r), d = w0.shape[0], text.contexts_e.shape, w0.shape[1]
     u, t_guide = text.guides.shape[:2]
     if t_guide < t:
         raise AssertionError("guide sequences are never shorter than the contexts they align with")
     guide_proj = (w0 @ text.guides[:, :t].reshape(u * t, d).T).reshape(o, u, t)
-    out = torch.zeros_like(w0)
+    out = torch.zeros(o, r, dtype=w0.dtype, device=w0.device)
     for start in range(0, m, CONCEPT_BLOCK):
         block = slice(start, min(start + CONCEPT_BLOCK, m))
         n = block.stop - block.start
@@ -180,7 +227,7 @@ def data_term(
             coef = torch.where(norm2 > 0, inner / norm2.clamp_min(torch.finfo(w0.dtype).tiny), 0.0)
             target = target - coef.view(1, n, 1) * source
         target = target * (erase_scale * row_weights[:, block]).unsqueeze(2)
-        out.addmm_(target.reshape(o, n * t), text.contexts_e[block].reshape(n * t, d))
+        out.addmm_(target.reshape(o, n * t), text.contexts_e[block].reshape(n * t, r))
     return out
 
 
@@ -189,12 +236,15 @@ def solve_rows(
     text: TextSide,
     mu: float,
     alpha: torch.Tensor | None,
+    w0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """All rows of ``(G0 + mu I + mu R1 + alpha_i P) w_i = b_i`` at once (see module docstring).
 
     ``rhs_e`` holds the ``b_i`` as rows, already in the eigenbasis of ``G0`` (``b_i E``); ``alpha``
     (``[o]``) is ``s r_i``, or ``None`` for no subspace term (then ``W = B G^{-1}``, the small and uce
-    variants with ``mu = 0``). Returns the rows ``w_i`` in the standard basis."""
+    variants with ``mu = 0``). Returns the rows ``w_i`` in the standard basis. With a basis of the text's
+    span only (``text.partial``) the rows of ``w0`` off that span are kept as they are (where ``b`` is
+    ``prox w0`` and ``prox = lambda + mu``), so ``w0`` must be given."""
     dtype, device = rhs_e.dtype, rhs_e.device
     inv64 = 1.0 / (text.eigvals64 + mu)  # A0^{-1} in the eigenbasis of G0, float64
     correction64 = None
@@ -227,6 +277,10 @@ def solve_rows(
         a = alpha.to(device=kappa.device, dtype=torch.float64).unsqueeze(1)
         coef = cast(a / (1.0 + a * kappa.unsqueeze(0)))  # [o, k]
         x = x - ((x @ cast(up @ vecs)) * coef) @ cast(vecs.T @ h)
+    if text.partial:
+        if w0 is None:
+            raise ValueError("solve_rows needs w0 when the text side spans part of the input space")
+        return w0 + (x - w0 @ text.basis) @ text.basis.T
     return x @ text.basis.T
 
 

@@ -111,3 +111,26 @@ def test_bad_aligned_inputs_say_what_to_change():
         ConceptSet.from_aligned(cs.concept_vecs, torch.zeros(5, 16), cs.contexts, cs.targets)
     with pytest.raises(ValueError, match="no concepts"):
         ConceptSet.from_aligned(cs.concept_vecs, cs.empty_vec, [], [])
+
+
+@pytest.mark.parametrize("options", [
+    {"variant": "scale"}, {"variant": "scale", "ased": True, "egbr": True, "mu_from_entropy": False},
+    {"variant": "small", "svd_residual": True}, {"variant": "uce"}, {"variant": "scale", "technique": "tensor"},
+])
+def test_short_text_solves_on_its_span_as_on_the_whole_space(monkeypatch, options):
+    """Few short contexts in a wide text space (Wan's merged padding): the solve on the text's span (r << d)
+    equals the full eigendecomposition."""
+    from comfyui_scapre.scapre_core import solve
+
+    cs, _ = random_concepts(3, dim=64, length=6, preserve=1, seed=7, dtype=torch.float64)
+    assert solve.text_rows(cs, ScaPreConfig(**options)) <= 32
+    weights = random_weights({"a.k": (40, 64), "a.v": (24, 64)}, dtype=torch.float64)
+    config = ScaPreConfig(precision="float64", seed=1, **options)
+    partial = erase(weights, cs, config)
+    assert solve.prepare_text_side(cs, config, torch.device("cpu"), torch.float64).partial
+    monkeypatch.setattr(solve, "text_rows", lambda *_: 10**9)
+    assert not solve.prepare_text_side(cs, config, torch.device("cpu"), torch.float64).partial
+    full = erase(weights, cs, config)
+    for k in weights:
+        change = (full[k] - weights[k]).norm()
+        assert float(change) > 0 and float((partial[k] - full[k]).norm() / change) < 1e-9

@@ -103,19 +103,34 @@ def fill_tensor(key: str, shape: tuple[int, ...], seed: int, dtype):
     return torch.empty(shape, dtype=torch.float32).normal_(0.0, INIT_STD, generator=gen).to(dtype)
 
 
-def _config(name: str):
+def _build(name: str, device=None, dtype=None):
+    """``(model_config, model)`` of ``name``; keys an older ComfyUI's model class does not take are dropped
+    (0.3.64's Flux has no ``txt_ids_dims``, ``yak_mlp``, ``txt_norm``)."""
+    import re
+
     import comfy.supported_models
     import torch
 
     cls, unet_config, _, _ = MODELS[name]
-    return getattr(comfy.supported_models, cls)(dict(unet_config, dtype=torch.float16))
+    config = dict(unet_config)
+    while True:
+        model_config = getattr(comfy.supported_models, cls)(dict(config, dtype=torch.float16))
+        if dtype is not None:
+            model_config.set_inference_dtype(dtype, None)
+        try:
+            return model_config, model_config.get_model({}, device=device)
+        except TypeError as err:
+            found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if not found or found.group(1) not in config:
+                raise
+            config.pop(found.group(1))
 
 
 def model_state_dict(name: str, seed: int = 0) -> dict[str, Any]:
     """Random diffusion-model weights (no prefix, fp16; float32 where the module is float32)."""
     import torch
 
-    model = _config(name).get_model({}, device="meta")
+    _, model = _build(name, device="meta")
     out = {}
     for key, t in model.diffusion_model.state_dict().items():
         dtype = torch.float32 if t.dtype == torch.float32 else torch.float16
@@ -169,9 +184,7 @@ def load_model(name: str, seed: int = 0):
     _, _, as_file, _ = MODELS[name]
     if as_file:
         return comfy.sd.load_diffusion_model(str(ensure_model_file(name, seed=seed)))
-    config = _config(name)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, "")
+    _, model = _build(name, dtype=torch.float32)
     sd = {"diffusion_model." + k: v for k, v in model_state_dict(name, seed).items()}
     model.load_model_weights(sd, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
@@ -243,14 +256,105 @@ def make_clip(kind: str, seed: int = 0):
     return clip
 
 
+# --------------------------------------------------------------------------------------------------
+# Example workflows for DiT families, built in the real frontend (``python dit_support.py build-examples``)
+# --------------------------------------------------------------------------------------------------
+
+_FIXED = {"control_after_generate": "fixed"}
+_ERASE = [("enc", "ScaPreConceptEncode", {"concepts": "Van Gogh", "concept_type": "style", "expand_templates": False,
+                                          "templates": "", "guide": "", "preserve": "",
+                                          "probes": "Claude Monet, Paul Gauguin"}, (420, 640), None),
+          ("erase", "ScaPreEraseSimple", {"preset": "artists", "strength": 1.0, "seed": 0, **_FIXED}, (300, 0), None)]
+
+#: name -> (columns, links) in browser_support.build_workflow's format. Model file names are ComfyUI's published
+#: repackaged files (comfyanonymous/Wan_2.1_ComfyUI_repackaged, Comfy-Org/flux1-dev, ...).
+DIT_EXAMPLES = {
+    "erase_wan": ([
+        [("unet", "UNETLoader", {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors"}, (340, 0), None),
+         ("te", "CLIPLoader", {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan"}, (340, 0),
+          None),
+         ("vae", "VAELoader", {"vae_name": "wan_2.1_vae.safetensors"}, (340, 0), None)],
+        _ERASE,
+        [("pos", "CLIPTextEncode", {"text": "sunflowers swaying in a field, a painting by Van Gogh"}, (400, 150),
+          "Positive prompt"),
+         ("neg", "CLIPTextEncode", {"text": ""}, (400, 120), "Negative prompt"),
+         ("lat", "EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 33, "batch_size": 1}, (300, 0),
+          None),
+         ("shift", "ModelSamplingSD3", {"shift": 8.0}, (300, 0), None),
+         ("lora", "ScaPreSaveLoRA", {"filename_prefix": "loras/scapre_wan_van_gogh", "rank": 0}, (400, 0), None)],
+        [("ks", "KSampler", {"seed": 0, **_FIXED, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc",
+                             "scheduler": "simple", "denoise": 1.0}, (300, 0), None),
+         ("rep", "ScaPreReport", {}, (300, 0), None)],
+        [("dec", "VAEDecode", {}, (200, 0), None)],
+        [("save", "SaveAnimatedWEBP", {"filename_prefix": "scapre_wan", "fps": 16.0}, (420, 420), None),
+         ("prev", "PreviewImage", {}, (420, 420), None)],
+    ], [
+        ("unet", 0, "erase", "model"), ("te", 0, "enc", "clip"), ("enc", 0, "erase", "concepts"),
+        ("te", 0, "pos", "clip"), ("te", 0, "neg", "clip"), ("erase", 0, "shift", "model"), ("shift", 0, "ks", "model"),
+        ("pos", 0, "ks", "positive"), ("neg", 0, "ks", "negative"), ("lat", 0, "ks", "latent_image"),
+        ("ks", 0, "dec", "samples"), ("vae", 0, "dec", "vae"), ("dec", 0, "save", "images"),
+        ("erase", 0, "lora", "model"), ("erase", 1, "rep", "report"), ("rep", 0, "prev", "images"),
+    ]),
+    "erase_flux": ([
+        [("unet", "UNETLoader", {"unet_name": "flux1-dev.safetensors"}, (340, 0), None),
+         ("te", "DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                   "type": "flux"}, (340, 0), None),
+         ("vae", "VAELoader", {"vae_name": "ae.safetensors"}, (340, 0), None)],
+        _ERASE,
+        [("pos", "CLIPTextEncode", {"text": "a starry night over a quiet village, painted by Van Gogh"}, (400, 150),
+          "Positive prompt"),
+         ("guid", "FluxGuidance", {"guidance": 3.5}, (300, 0), None),
+         ("neg", "CLIPTextEncode", {"text": ""}, (400, 120), "Negative prompt (unused at cfg 1)"),
+         ("lat", "EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, (300, 0), None),
+         ("lora", "ScaPreSaveLoRA", {"filename_prefix": "loras/scapre_flux_van_gogh", "rank": 0}, (400, 0), None)],
+        [("ks", "KSampler", {"seed": 0, **_FIXED, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
+                             "scheduler": "simple", "denoise": 1.0}, (300, 0), None),
+         ("rep", "ScaPreReport", {}, (300, 0), None)],
+        [("dec", "VAEDecode", {}, (200, 0), None)],
+        [("save", "SaveImage", {"filename_prefix": "scapre_flux"}, (420, 420), None),
+         ("prev", "PreviewImage", {}, (420, 420), None)],
+    ], [
+        ("unet", 0, "erase", "model"), ("te", 0, "enc", "clip"), ("enc", 0, "erase", "concepts"),
+        ("te", 0, "pos", "clip"), ("te", 0, "neg", "clip"), ("pos", 0, "guid", "conditioning"),
+        ("erase", 0, "ks", "model"), ("guid", 0, "ks", "positive"), ("neg", 0, "ks", "negative"),
+        ("lat", 0, "ks", "latent_image"), ("ks", 0, "dec", "samples"), ("vae", 0, "dec", "vae"),
+        ("dec", 0, "save", "images"), ("erase", 0, "lora", "model"), ("erase", 1, "rep", "report"),
+        ("rep", 0, "prev", "images"),
+    ]),
+}
+
+
+def build_examples(names: list[str]) -> None:
+    """Start ComfyUI (``$COMFYUI_PATH``) with this pack and write the DiT example workflows and thumbnails."""
+    import tempfile
+
+    import browser_support
+
+    with tempfile.TemporaryDirectory(prefix="scapre-dit-examples-") as tmp:
+        work = Path(tmp)
+        server = comfy_support.ComfyServer(comfy_support.comfyui_path(), work / "server",
+                                           custom_nodes_dir=comfy_support.make_pack_link(work / "custom_nodes").parent)
+        with server:
+            server.post("/settings", browser_support.FRONTEND_SETTINGS)
+            with browser_support.ComfyPage(server.base_url, viewport=(2400, 1000)) as page:
+                for name in names:
+                    browser_support.build_workflow(page, name, *DIT_EXAMPLES[name])
+
+
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="build a random-weight DiT test model file")
-    parser.add_argument("model", choices=sorted(k for k, v in MODELS.items() if v[2]))
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--comfyui", type=Path, default=None)
+    parser = argparse.ArgumentParser(description="build a random-weight DiT test model file, or the DiT examples")
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("make-model")
+    make.add_argument("model", choices=sorted(k for k, v in MODELS.items() if v[2]))
+    make.add_argument("--out", type=Path, default=None)
+    examples = sub.add_parser("build-examples")
+    examples.add_argument("--name", choices=sorted(DIT_EXAMPLES), action="append")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    path = (args.comfyui or comfy_support.comfyui_path()).resolve()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "build-examples":
+        build_examples(args.name or sorted(DIT_EXAMPLES))
+        return 0
+    path = comfy_support.comfyui_path()
     comfy_support._drop_foreign_modules(path)
     sys.path.insert(0, str(path))
     out = args.out or comfy_support.cache_dir() / model_file_name(args.model)
