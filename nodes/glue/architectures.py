@@ -11,7 +11,7 @@ Two kinds of knowledge, both keyed by ComfyUI class names:
 
 Cross-attention DiTs (Wan, LTX-Video, PixArt) get ScaPre as published: every block's key/value projection
 reads a text context that is fixed per prompt (the text encoder's output passed through the model's own
-text projection). Joint-attention DiTs (Flux, Chroma, SD3, Qwen-Image, HiDream) have no such per-block
+text projection). Joint-attention DiTs (Flux, Chroma, SD3, Qwen-Image) have no such per-block
 maps: the text stream is changed by every block, and the only weights that read the text encoder's tokens
 directly are the text-input projection (and the pooled-vector map). Editing those with the same closed
 form is beyond the paper (UCE's 2025 rewrite edits the same maps); see docs/dit-models.md.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -80,7 +80,6 @@ def _sd3(clip, tokens: dict) -> tuple[tuple[str, ...], ...]:
 CLIP_LAYOUTS: dict[str, ClipLayout] = {layout.name: layout for layout in (
     ClipLayout("SD3ClipModel", "CLIP-L + CLIP-G + T5-XXL (SD3/SD3.5)", _sd3, pooled=True),
     ClipLayout("FluxClipModel", "CLIP-L + T5-XXL (Flux)", _t5_only, pooled=True),
-    ClipLayout("HiDreamTEModel", "CLIP-L + CLIP-G + T5-XXL + Llama-3.1 (HiDream)", _t5_only, pooled=True),
     ClipLayout("QwenImageTEModel", "Qwen2.5-VL (Qwen-Image)", _single, last_word="qwen_template"),
     ClipLayout("WanT5Model", "umT5-XXL (Wan)", _single),
     ClipLayout("PixArtT5XXL", "T5-XXL (PixArt, Chroma)", _single),
@@ -178,8 +177,6 @@ class Architecture:
     streams: tuple[Stream, ...]
     targets: Callable[[Mapping[str, tuple[int, ...]]], list[Target]]
     note: str = ""
-    lora_prefix: str = "lora_unet_"
-    tags: tuple[str, ...] = field(default=())
 
     @property
     def method(self) -> str:
@@ -222,16 +219,6 @@ def _single_targets(*pairs: tuple[str, str]):
     def targets(shapes):
         return [Target(PREFIX + key, PREFIX + key, "in", stream) for key, stream in pairs if PREFIX + key in shapes]
     return targets
-
-
-def _hidream_targets(shapes):
-    keys = sorted((k for k in shapes if re.match(r"^diffusion_model\.caption_projection\.\d+\.linear\.weight$", k)),
-                  key=lambda k: int(k.split(".")[2]))
-    out = [Target(keys[-1], keys[-1], "in", "text")] if keys else []
-    pooled = PREFIX + "p_embedder.pooled_embedder.linear_1.weight"
-    if pooled in shapes:
-        out.append(Target(pooled, pooled, "in", "pooled"))
-    return out
 
 
 _WAN_PROJ = mlp_gelu_tanh(PREFIX + "text_embedding.", "0", "2")
@@ -292,13 +279,6 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "the text-input projection txt_in over the context after the model's txt_norm",
         (Stream("text", "cond", PREFIX + "txt_norm.weight", *_QWEN_PROJ, masked=True),),
         _single_targets(("txt_in.weight", "text"))),
-    Architecture(
-        "HiDream-I1", ("HiDream",), "CLIP-L + CLIP-G + T5-XXL + Llama-3.1 (QuadrupleCLIPLoader)", ("HiDreamTEModel",),
-        False,
-        "the T5 text-input projection (the last caption_projection) and the pooled-vector map "
-        "p_embedder.pooled_embedder.linear_1; the per-block Llama projections are not edited",
-        (Stream("text", "cond", ""), Stream("pooled", "pooled", PREFIX + "p_embedder.pooled_embedder.linear_1.weight")),
-        _hidream_targets),
 )
 
 #: Architectures ComfyUI knows that the pack refuses, with why (class name -> reason).
@@ -308,6 +288,8 @@ REFUSED: dict[str, str] = {
     "SV3D_p": "its cross-attention reads CLIP-vision image embeddings, not text",
     "Stable_Zero123": "its cross-attention reads CLIP-vision image embeddings, not text",
     "Flux2": "its Mistral text encoder is not supported yet",
+    "HiDream": "its main text input, the Llama-3.1 stream, is not supported: its tokenizer is missing from the "
+               "ComfyUI sources this pack is tested with, and an edit of the T5 projection alone would leave it",
     "StableAudio1": "it is an audio model",
     "ACEStep": "it is an audio model",
 }
@@ -361,9 +343,3 @@ def stream_width(arch: Architecture, stream: Stream, shapes: Mapping[str, tuple[
         return int(shape[-1] if len(shape) > 1 else shape[0])
     first = next(t for t in targets if t.stream == stream.name)
     return int(shapes[first.key][-1])
-
-
-def supported_summary() -> list[dict[str, str]]:
-    """One row per supported architecture, for docs and error messages."""
-    return [{"architecture": a.name, "model classes": ", ".join(a.model_classes), "text encoder": a.text_encoder,
-             "edited": a.where, "method": a.method} for a in ARCHITECTURES]

@@ -162,7 +162,10 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
         given = informax.streams or {"text": informax.result}
     arch, inputs = stream_inputs(model, concepts, edit)
     if not arch.published:
-        warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}")
+        warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}. Measured on "
+                        "weights only (the report), not on images: check with ScaPre Compare")
+    if arch.note and any(t.kind == "k" for i in inputs for t in i.targets):
+        warnings.append(f"{arch.name}: {arch.note}")
     device = compute_device(model)
     total = sum(len(i.targets) for i in inputs)
     diffs: dict[str, torch.Tensor] = {}
