@@ -25,11 +25,11 @@ of ``b`` is a sum of terms of its own size and is accurate to float32 relative t
 divided by its own eigenvalue. The rank-``k`` corrections are built in float64 (they are ``k x d``).
 The float32 edit then equals the float64 edit to about ``1e-6`` of the edit (``bench_solve.py``).
 
-Short text in a wide space. When the contexts, concept vectors and preserve contexts have fewer rows than
-half the text width (a DiT's long padding merged to one row per prompt, a handful of concepts), ``G0``
-differs from ``lambda I`` only on their span: :func:`_span_eigh` finds its eigenpairs there (``n^2 d``
-instead of ``d^3``), every per-matrix product runs in those ``r`` coordinates (``o d r`` instead of
-``o d^2``), and each row keeps its part off the span unchanged, as the full solve does.
+Short text in a wide space. When the contexts, concept vectors and preserve contexts have at most 3/4 as
+many rows ``n`` as the text is wide (a DiT's long padding merged to one row per prompt, a handful of
+concepts), ``G0`` differs from ``lambda I`` only on their span: :func:`_span_eigh` finds its eigenpairs there
+(``d n^2`` instead of ``d^3``), every per-matrix product runs in those ``r`` coordinates (``o d r`` instead
+of ``o d^2``), and each row keeps its part off the span unchanged, as the full solve does.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def prepare_text_side(
     preserve_gram = None
     if concepts.num_preserve:
         preserve_gram = config.preserve_scale * gram(concepts.preserve_contexts, f64, lin, dim)
-    if text_rows(concepts, config) <= dim // 2:
+    if 4 * text_rows(concepts, config) <= 3 * dim:
         eigvals, basis = _span_eigh(concepts, config, lin)
     else:
         g0 = config.lam * torch.eye(dim, dtype=f64, device=lin)

@@ -123,7 +123,7 @@ def test_short_text_solves_on_its_span_as_on_the_whole_space(monkeypatch, option
     from comfyui_scapre.scapre_core import solve
 
     cs, _ = random_concepts(3, dim=64, length=6, preserve=1, seed=7, dtype=torch.float64)
-    assert solve.text_rows(cs, ScaPreConfig(**options)) <= 32
+    assert 4 * solve.text_rows(cs, ScaPreConfig(**options)) <= 3 * 64
     weights = random_weights({"a.k": (40, 64), "a.v": (24, 64)}, dtype=torch.float64)
     config = ScaPreConfig(precision="float64", seed=1, **options)
     partial = erase(weights, cs, config)

@@ -9,8 +9,8 @@ Two kinds of knowledge, both keyed by ComfyUI class names:
   changes, which text they read (the conditioning rows or the pooled vector, after which of the model's own
   projections), and what the method guarantees there.
 
-Cross-attention DiTs (Wan, LTX-Video, PixArt) get ScaPre as published: every block's key/value projection
-reads a text context that is fixed per prompt (the text encoder's output passed through the model's own
+Cross-attention DiTs (Wan, LTX-Video, PixArt, Cosmos Predict2) get ScaPre as published: every block's key/value
+projection reads a text context that is fixed per prompt (the text encoder's output passed through the model's own
 text projection). Joint-attention DiTs (Flux, Chroma, SD3, Qwen-Image) have no such per-block
 maps: the text stream is changed by every block, and the only weights that read the text encoder's tokens
 directly are the text-input projection (and the pooled-vector map). Editing those with the same closed
@@ -84,6 +84,7 @@ CLIP_LAYOUTS: dict[str, ClipLayout] = {layout.name: layout for layout in (
     ClipLayout("WanT5Model", "umT5-XXL (Wan)", _single),
     ClipLayout("PixArtT5XXL", "T5-XXL (PixArt, Chroma)", _single),
     ClipLayout("MochiT5XXL", "T5-XXL with attention mask (LTX-Video, Mochi)", _single),
+    ClipLayout("CosmosT5XXL", "T5-XXL 1.0, 1024 wide (Cosmos)", _single),
     ClipLayout("SDXLClipModel", "CLIP-L + CLIP-G (SDXL)", _single),
     ClipLayout("SDXLRefinerClipModel", "CLIP-G (SDXL refiner)", _single),
     ClipLayout("SD2ClipModel", "OpenCLIP-H (SD2.x)", _single),
@@ -206,6 +207,10 @@ def _ltxv_targets(shapes):
     return _matching(shapes, r"^diffusion_model\.transformer_blocks\.\d+\.attn2\.to_([kv])\.weight$", 1)
 
 
+def _cosmos2_targets(shapes):
+    return _matching(shapes, r"^diffusion_model\.blocks\.\d+\.cross_attn\.([kv])_proj\.weight$", 1)
+
+
 def _pixart_targets(shapes):
     out = []
     for key in _matching(shapes, r"^diffusion_model\.blocks\.\d+\.cross_attn\.kv_linear\.weight$", kind="kv"):
@@ -226,6 +231,10 @@ _LTXV_PROJ = mlp_gelu_tanh(PREFIX + "caption_projection.", "linear_1", "linear_2
 _PIXART_PROJ = mlp_gelu_tanh(PREFIX + "y_embedder.y_proj.", "fc1", "fc2")
 _QWEN_PROJ = rms_norm(PREFIX + "txt_norm.weight", 1e-6)
 
+KEY_NORM_HEAD_NOTE = ("its key projection is followed by an RMS norm over each head of each token's key; the "
+                      "closed form makes the erased prompts' keys before that norm equal their guide's, which the "
+                      "norm keeps exactly, but a key that the subspace term only shrinks is scaled back up by the "
+                      "norm (see docs/dit-models.md)")
 KEY_NORM_NOTE = ("its key projection is followed by an RMS norm over each token's key; the closed form "
                  "makes the erased prompts' keys before that norm equal their guide's, which the norm "
                  "keeps exactly, but a key that the subspace term only shrinks is scaled back up by "
@@ -256,6 +265,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "every block's cross-attention key and value rows of kv_linear over the context after the model's "
         "y_embedder",
         (Stream("text", "cond", PREFIX + "y_embedder.y_proj.fc1.weight", *_PIXART_PROJ),), _pixart_targets),
+    Architecture(
+        "Cosmos Predict2", ("CosmosPredict2",), "T5-XXL 1.0 (CLIPLoader, type cosmos)", ("CosmosT5XXL",), True,
+        "every block's cross-attention key/value (cross_attn.k_proj, cross_attn.v_proj) over the T5 output",
+        (Stream("text", "cond", PREFIX + "blocks.0.cross_attn.k_proj.weight"),), _cosmos2_targets,
+        note=KEY_NORM_HEAD_NOTE),
     Architecture(
         "Flux (dev, schnell, Fill, Kontext)", ("Flux",), "CLIP-L + T5-XXL (DualCLIPLoader, type flux)",
         ("FluxClipModel",), False,

@@ -9,12 +9,13 @@ hold (Chroma's 5120-wide guidance approximator), assembled in-process from the s
 
 What is real and what is reduced:
 
-* Text widths are real everywhere: T5-XXL and umT5-XXL 4096, CLIP-L 768, CLIP-G 1280, Qwen2.5-VL 3584; so
-  are the models' text-input shapes (Flux ``txt_in`` 4096 -> 3072, Qwen-Image ``txt_in`` 3584 -> 3072,
-  Wan/LTX-Video/PixArt text projections from 4096).
+* Text widths are real everywhere: T5-XXL and umT5-XXL 4096, Cosmos' T5-XXL 1.0 1024, CLIP-L 768, CLIP-G 1280,
+  Qwen2.5-VL 3584; so are the models' text-input shapes (Flux ``txt_in`` 4096 -> 3072, Qwen-Image ``txt_in``
+  3584 -> 3072, Wan/LTX-Video/PixArt text projections from 4096, Cosmos' key/value maps from 1024).
 * Depth and inner widths are reduced: Wan dim 128 (real 1536 / 5120), LTX-Video 128 (2048), SD3 hidden 128
-  (1536+), PixArt one block, Flux one double block (hidden 3072, as ComfyUI's detection requires), Chroma
-  and Qwen-Image without transformer blocks.
+  (1536+), Cosmos Predict2 128 (2048), PixArt one block, Flux one double block (hidden 3072, as ComfyUI's
+  detection requires), Chroma one block each, Qwen-Image without transformer blocks. Chroma and Cosmos
+  Predict2 are assembled in-process (their detection fixes full sizes).
 * Text encoders are ComfyUI's own classes and tokenizers with fewer layers (T5 2 layers, CLIP-G 3,
   Qwen2.5 1) and narrow feed-forward layers, passed through ComfyUI's ``<name>_model_config`` overrides;
   CLIP-L is full size. umT5's SentencePiece tokenizer ships inside real text-encoder files, not with
@@ -66,6 +67,14 @@ MODELS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
                           "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
                           "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True},
                False, "Chroma"),
+    "cosmos2": ("CosmosT2IPredict2", {
+        "image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128, "in_channels": 16,
+        "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1, "model_channels": 128,
+        "concat_padding_mask": True, "crossattn_emb_channels": 1024, "pos_emb_cls": "rope3d",
+        "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
+        "use_adaln_lora": True, "adaln_lora_dim": 32, "num_blocks": 2, "num_heads": 2,
+        "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0, "rope_w_extrapolation_ratio": 4.0,
+        "rope_t_extrapolation_ratio": 1.0}, False, "CosmosPredict2"),
     "sd3": ("SD3", {"in_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2, "out_channels": 16,
                     "depth": 2, "input_size": None, "adm_in_channels": 2048,
                     "context_embedder_config": {"target": "torch.nn.Linear",
@@ -77,7 +86,7 @@ MODELS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
 
 #: model -> text encoder stand-in kind
 TEXT_ENCODER_OF = {"wan": "wan", "ltxv": "ltxv", "pixart": "pixart", "flux": "flux", "chroma": "chroma",
-                   "sd3": "sd3", "qwen": "qwen"}
+                   "sd3": "sd3", "qwen": "qwen", "cosmos2": "cosmos"}
 
 T5_SMALL = {"num_layers": 2, "d_ff": 256, "num_heads": 4, "d_kv": 32}
 
@@ -209,6 +218,7 @@ def umt5_tokenizer_model() -> bytes:
 
 def _clip_target(kind: str):
     """(tokenizer class, text-encoder class, model_options, tokenizer_data) of the stand-in for ``kind``."""
+    import comfy.text_encoders.cosmos as cosmos
     import comfy.text_encoders.flux as flux
     import comfy.text_encoders.lt as lt
     import comfy.text_encoders.pixart_t5 as pixart_t5
@@ -229,6 +239,8 @@ def _clip_target(kind: str):
         return lt.LTXVT5Tokenizer, lt.ltxv_te(), {"t5xxl_model_config": T5_SMALL}, {}
     if kind in ("pixart", "chroma"):
         return pixart_t5.PixArtTokenizer, pixart_t5.pixart_te(), {"t5xxl_model_config": T5_SMALL}, {}
+    if kind == "cosmos":
+        return cosmos.CosmosT5Tokenizer, cosmos.te(), {"t5xxl_model_config": {**T5_SMALL, "d_kv": 64}}, {}
     if kind == "sd3":
         return (sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True),
                 {"t5xxl_model_config": T5_SMALL, "clip_g_model_config": {"num_hidden_layers": 3}}, {})

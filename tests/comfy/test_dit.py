@@ -38,8 +38,8 @@ EXPECTED = {
     "chroma": ("Chroma", r"txt_in\.weight", False),
     "sd3": ("SD3", r"(context_embedder|y_embedder\.mlp\.0)\.weight", False),
     "qwen": ("QwenImage", r"txt_in\.weight", False),
+    "cosmos2": ("CosmosPredict2", r"blocks\.\d+\.cross_attn\.[kv]_proj\.weight", True),
 }
-FAST = ("wan", "ltxv", "pixart", "chroma", "sd3", "qwen")  # flux (a 3072-wide block) is the heavy one
 
 
 def _pack(c):
