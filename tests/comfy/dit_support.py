@@ -65,7 +65,8 @@ MODELS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
     "chroma": ("Chroma", {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "in_dim": 64,
                           "out_dim": 256, "hidden_dim": 64, "n_layers": 1, "hidden_size": 256, "context_in_dim": 4096,
                           "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-                          "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True},
+                          "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+                          "txt_ids_dims": [], "vec_in_dim": None},
                False, "Chroma"),
     "cosmos2": ("CosmosT2IPredict2", {
         "image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128, "in_channels": 16,
@@ -194,8 +195,7 @@ def load_model(name: str, seed: int = 0):
     if as_file:
         return comfy.sd.load_diffusion_model(str(ensure_model_file(name, seed=seed)))
     _, model = _build(name, dtype=torch.float32)
-    sd = {"diffusion_model." + k: v for k, v in model_state_dict(name, seed).items()}
-    model.load_model_weights(sd, "")
+    model.load_model_weights(model_state_dict(name, seed), "")  # keys without prefix, as after detection
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -209,7 +209,7 @@ def umt5_tokenizer_model() -> bytes:
     import sentencepiece as spm
 
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_CORPUS * 20), model_writer=out, vocab_size=160,
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_CORPUS * 20), model_writer=out, vocab_size=512,
                                    pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, model_type="unigram",
                                    hard_vocab_limit=False, character_coverage=1.0, byte_fallback=True,
                                    minloglevel=2)
