@@ -9,11 +9,15 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+import comfy.model_management
 import torch
 
 from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weights
-from ...scapre_core.report import EditReport, PromptResult, ReportBuilder
+from ...scapre_core.concepts import ConceptSet
+from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder
+from ...scapre_core.solve import CONCEPT_BLOCK
 from .architectures import (
     CLIP_LAYOUTS,
     Architecture,
@@ -35,6 +39,37 @@ def check_concepts(concepts) -> EncodedConcepts:
     if not isinstance(concepts, EncodedConcepts):
         raise ValueError("concepts must come from a ScaPre Concept Encode node")
     return concepts
+
+
+def _tokens(cs: ConceptSet | None) -> int:
+    return 0 if cs is None else sum(int(c.shape[0]) for c in cs.contexts) + sum(int(g.shape[0]) for g in cs.guides)
+
+
+def working_memory(concepts: EncodedConcepts, shapes: Mapping[str, tuple[int, ...]], config: ScaPreConfig) -> int:
+    """Bytes the edit and its report hold on the compute device at once (an estimate on the high side):
+    the text side (contexts twice, a few ``d x d`` bases), the largest matrix's working copies, the
+    Informax draws and activations, one block of the data term and a few blocks of the report."""
+    d = concepts.width
+    rows = max((int(s[0]) for s in shapes.values()), default=0)
+    erase = concepts.erase
+    draws = erase.num_concepts * max(config.entropy_samples, 2 * config.mi_samples)
+    floats = (
+        3 * _tokens(erase) * d + _tokens(concepts.probes) * d + _tokens(concepts.preserve) * d  # text, both sides
+        + 4 * d * d  # eigenbasis, preserve Gram, SVD factors
+        + 10 * rows * d  # W0, its change, right-hand side, solved rows, products in the eigenbasis
+        + draws * (d + rows)  # Informax/entropy: noisy concept vectors and their activations
+        + 2 * rows * CONCEPT_BLOCK * 77  # one block of the data term
+        + 6 * rows * REPORT_TOKENS  # one block of the report
+    )
+    return 4 * floats * (2 if config.precision == "float64" else 1)
+
+
+def make_room(device: torch.device, memory_required: int) -> None:
+    """Ask ComfyUI to unload models from ``device`` until ``memory_required`` bytes are free, as its own
+    nodes do before GPU work (``comfy.model_management.free_memory``); nothing to do on the CPU."""
+    if device.type == "cpu":
+        return
+    comfy.model_management.free_memory(memory_required, device)
 
 
 class TargetWeights(Mapping):
@@ -167,6 +202,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     if arch.note and any(t.kind == "k" for i in inputs for t in i.targets):
         warnings.append(f"{arch.name}: {arch.note}")
     device = compute_device(model)
+    make_room(device, max(_stream_memory(model, item, config) for item in inputs))
     total = sum(len(i.targets) for i in inputs)
     diffs: dict[str, torch.Tensor] = {}
     reports = []
@@ -205,6 +241,23 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     log.info("ScaPre Erase (%s): %d concept(s), %d matrices in %.2f s, mean efficacy %s", arch.name,
              summary["concepts"], summary["matrices"], seconds, summary["mean_efficacy"])
     return edited_model, record
+
+
+def _stream_memory(model, item: StreamInput, config: ScaPreConfig) -> int:
+    """:func:`working_memory` of one stream: its own text width and concept sets, its matrices' shapes."""
+    sets = item.sets
+    text = SimpleNamespace(width=sets.erase.dim, erase=sets.erase, probes=sets.probes, preserve=sets.preserve)
+    shapes = weight_shapes_of(model, item.targets)
+    return working_memory(text, shapes, config)
+
+
+def weight_shapes_of(model, targets: list[Target]) -> dict[str, tuple[int, ...]]:
+    entries = model.get_key_patches("diffusion_model.")
+    out = {}
+    for t in targets:
+        shape = tuple(entries[t.key][0][0].shape)
+        out[t.name] = shape if t.rows is None else (t.rows[1] - t.rows[0], *shape[1:])
+    return out
 
 
 def _store(diffs: dict[str, torch.Tensor], weights: TargetWeights, target: Target, change: torch.Tensor) -> None:
