@@ -401,6 +401,12 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
         key = next(iter(shapes))
         w = {key: streams[0][2][key].float()}
         result["rel_err_vs_float64"] = exactness(w, sets, cfg, [key], device)
+    if not merge:  # the merged edit of the first matrix against this one
+        key = next(iter(shapes))
+        w = {key: streams[0][2][key].float()}
+        merged = stream_sets(plan, encodings, "cond", project, padding == "masked").erase
+        a, b = erase(w, merged, cfg, device=device)[key], erase(w, sets, cfg, device=device)[key]
+        result["rel_diff_vs_merged"] = float((a - b).norm() / (b - w[key]).norm())
     return result
 
 

@@ -287,3 +287,41 @@ def test_model_save_bakes_the_edit(dit, edited, scapre_nodes):
         got = entries[key].float()
         assert float((got - want[key]).norm() / diffs[key].norm()) < 1e-3, key
     saved.unlink()
+
+
+def test_every_other_comfyui_architecture_is_refused_by_name(scapre_nodes):
+    """Every ``comfy.model_base`` class the pack does not support gets an error naming it and listing what is
+    supported, before any weight is read (a stand-in patcher: only the model's class is looked at)."""
+    import inspect
+    from types import SimpleNamespace
+
+    import comfy.model_base
+
+    c = scapre_nodes
+    arch = _glue(c, "architectures")
+    supported = {name for a in arch.ARCHITECTURES for name in a.model_classes}
+    (concepts,) = c.run_node("ScaPreConceptEncode", clip=dit_support.make_clip("wan"), concepts="Van Gogh",
+                             concept_type="object", expand_templates=False, templates="", guide="")
+    classes = [cls for _, cls in inspect.getmembers(comfy.model_base, inspect.isclass)
+               if issubclass(cls, comfy.model_base.BaseModel) and cls.__module__ == "comfy.model_base"]
+    refused = [cls for cls in classes if cls.__name__ not in supported]
+    assert len(refused) >= 20
+    for cls in refused:
+        model = SimpleNamespace(model=cls.__new__(cls), patches={})
+        with pytest.raises(ValueError) as err:
+            c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="custom", strength=1.0, seed=0)
+        message = str(err.value)
+        assert f"its architecture is {cls.__name__} (" in message and "Supported:" in message and "Wan" in message
+
+
+def test_a_text_encoder_of_another_model_is_refused(dit, scapre_nodes):
+    """LTX-Video with another model's text encoder used to get a width error telling the user to use the model's
+    own CLIP; now every DiT names the text encoder it reads and the one the concepts were encoded with."""
+    name, model, _ = dit
+    c = scapre_nodes
+    other = "wan" if name == "flux" else "flux"
+    (concepts,) = c.run_node("ScaPreConceptEncode", clip=dit_support.make_clip(other), concepts="Van Gogh",
+                             concept_type="object", expand_templates=False, templates="", guide="")
+    with pytest.raises(ValueError, match=rf"this MODEL is .*\({EXPECTED[name][0]}\), which reads .* text, but the "
+                                         r"concepts were encoded with .*(umT5|CLIP-L \+ T5-XXL)"):
+        c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="custom", strength=1.0, seed=0)
