@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import comfy.model_management
 import torch
@@ -176,25 +177,30 @@ def _projection(model, stream: Stream, device: torch.device) -> Callable[[torch.
 
 def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str = "keys and values",
               informax: InformaxPayload | None = None, step: Callable[[int, int], None] | None = None,
-              warnings: tuple[str, ...] = ()):
+              warnings: tuple[str, ...] = (), origin: Mapping[str, Any] | None = None):
     """``(edited_model, record)``: ``model`` erased of ``concepts`` with ``config``; ``model`` is untouched.
 
-    ``informax`` (optional) supplies precomputed row weights; its settings then win over ``config``'s
-    Informax fields (noted in the report's warnings). ``step(done, total)`` runs after each matrix and
-    may raise to cancel."""
+    ``informax`` (optional) supplies precomputed row weights; its settings (seed and precision included)
+    then win over ``config``'s Informax fields. ``origin`` says where ``config`` came from (e.g.
+    ``{"source": "preset", "preset": "artists", "strength": 1.0}``). What was used, and every setting the
+    Informax node replaced, is recorded as ``report.info["used"]`` (shown on the node, saved with the
+    edit). ``step(done, total)`` runs after each matrix and may raise to cancel."""
     concepts = check_concepts(concepts)
     warnings = [*concepts.plan.warnings, *warnings]
     given: Mapping[str, object] = {}
+    replaced: dict[str, object] = {}
     if informax is not None:
         if not isinstance(informax, InformaxPayload):
             raise ValueError("informax must come from a ScaPre Informax node")
-        changed = {k: v for k, v in informax.config.informax_key().items() if getattr(config, k) != v}
-        if changed:
-            note = "using the Informax node's settings: " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
-            log.warning("ScaPre Erase: %s", note)
-            warnings.append(note)
-            config = config.replace(**changed)
+        replaced = {k: v for k, v in informax.config.informax_key().items() if getattr(config, k) != v}
+        if replaced:
+            log.info("ScaPre Erase: using ScaPre Informax's settings: %s",
+                     ", ".join(f"{k}={v!r}" for k, v in replaced.items()))
+            config = config.replace(**replaced)
         given = informax.streams or {"text": informax.result}
+    used = {**dict(origin or {}), "seed": config.seed, "precision": config.precision, "edit": edit,
+            "informax": "from ScaPre Informax" if given else "computed here",
+            "replaced_by_informax": replaced}
     arch, inputs = stream_inputs(model, concepts, edit)
     if not arch.published:
         warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}. Measured on "
@@ -233,7 +239,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                              info={**concepts.describe(), "edit": edit, "version": __version__,
                                    "architecture": arch.name, "model_class": type(model.model).__name__,
                                    "method": arch.method,
-                                   "informax": "precomputed" if given else "computed"})
+                                   "informax": "precomputed" if given else "computed", "used": used})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),
                         edit=edit, version=__version__)
     edited_model = patched_clone(model, diffs, record)
