@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -354,8 +355,10 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
     from comfyui_scapre.nodes.glue.architectures import mlp_gelu_tanh
     from comfyui_scapre.nodes.glue.encode import stream_sets
     from comfyui_scapre.scapre_core import erase_iter
+    from comfyui_scapre.scapre_core.solve import route
 
     blocks, per_block, length, _, padding, projection, pooled = DIT_CASES[name]
+    load0 = round(os.getloadavg()[0], 2)  # the machine's 1-minute load before this case (other processes)
     plan, encodings = t5_like_encodings(name)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     project = None
@@ -394,6 +397,7 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
         "case": name, "device": device, "merge": merge, "matrices": sum(len(w) for _, _, w in streams),
         "concepts": sets.num_concepts, "d": sets.dim, "text_rows": length,
         "context_rows_mean": round(sum(x.shape[0] for x in sets.contexts) / sets.num_concepts, 1),
+        "route": route(sets, cfg), "load_before": load0, "load_after": round(os.getloadavg()[0], 2),
         "text_seconds": round(text_seconds, 2), "seconds": round(seconds, 2),
         "total_seconds": round(text_seconds + seconds, 2), "text_cpu_seconds": round(text_cpu, 2),
         "cpu_seconds": round(cpu, 2),

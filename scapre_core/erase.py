@@ -91,7 +91,15 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
     """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``.
 
     Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
-    from per-row float64 scalars), so that it is accurate relative to itself, not to the weight."""
+    from per-row float64 scalars), so that it is accurate relative to itself, not to the weight. On the
+    direct route (``text.direct``: wide text that fills its space) everything runs in float64 and the
+    change is cast to the precision of ``w0`` at the end."""
+    if text.direct and w0.dtype != torch.float64:
+        return _edit_change(to_float64(w0), text, stats, config).to(device=w0.device, dtype=w0.dtype)
+    return _edit_change(w0, text, stats, config)
+
+
+def _edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
     if config.variant == "uce":

@@ -30,6 +30,14 @@ many rows ``n`` as the text is wide (a DiT's long padding merged to one row per 
 concepts), ``G0`` differs from ``lambda I`` only on their span: :func:`_span_eigh` finds its eigenpairs there
 (``d n^2`` instead of ``d^3``), every per-matrix product runs in those ``r`` coordinates (``o d r`` instead
 of ``o d^2``), and each row keeps its part off the span unchanged, as the full solve does.
+
+Wide text that fills its space (T5's 256-512 distinct rows per prompt before a joint-attention model's text-input
+projection: ``n`` rows, ``n > 3d/4``, ``d >= DIRECT_MIN_DIM``): the ``d x d`` eigendecomposition and the rotation
+of every context into it would cost far more than the few matrices such a text stream has (one ``txt_in`` or
+``context_embedder``). There every matrix is solved directly in float64 instead (:func:`solve_rows`,
+``text.direct``): ``G0`` is formed once, each matrix factorizes ``G0 + mu I (+ mu R1)`` by Cholesky and forms its
+data term and right-hand side in float64, so nothing depends on forming ``b`` in a good basis; the result is
+the float64 solve, cast to the compute precision at the end.
 """
 
 from __future__ import annotations
@@ -46,6 +54,16 @@ from .geometry import linalg_device, spectral_gate
 #: Added to ``C^T C`` in the concept-span projector ``P`` (SPEC "Inputs").
 PROJ_EPS = 1e-8
 
+#: Text widths from which a text that fills its space is solved directly in float64 (module docstring): there a
+#: ``d x d`` eigendecomposition (about 35 ``d^3`` flops, slow on a CPU) costs more than a float64 data term and
+#: a Cholesky factorization per matrix for the handful of matrices such text streams have. The route depends
+#: on the text alone, never on how many matrices are edited together, so a matrix's edit does not depend on
+#: the others.
+DIRECT_MIN_DIM = 3072
+
+#: Columns per block of :func:`sym_gram` (fixed: results never depend on the machine).
+GRAM_BLOCK = 512
+
 
 def pad_sequences(seqs: tuple[torch.Tensor, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Stack ``[t_j, d]`` tensors into ``[n, t_max, d]`` with zero rows after each sequence.
@@ -57,6 +75,21 @@ def pad_sequences(seqs: tuple[torch.Tensor, ...], dtype: torch.dtype, device: to
     out = torch.zeros(len(seqs), t_max, seqs[0].shape[1], dtype=dtype, device=device)
     for j, s in enumerate(seqs):
         out[j, : s.shape[0]] = s.to(device=device, dtype=dtype)
+    return out
+
+
+def sym_gram(k: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """``K^T K`` (``[d, d]``) from its upper block rows only (about half the products of ``K^T @ K``);
+    the diagonal blocks are symmetrized, the lower blocks mirrored, so the result is exactly symmetric."""
+    d = k.shape[1]
+    out = torch.empty(d, d, dtype=k.dtype, device=k.device)
+    for a in range(0, d, block):
+        b = min(a + block, d)
+        strip = k[:, a:b].T @ k[:, a:]  # [b - a, d - a]
+        diag = strip[:, : b - a]
+        out[a:b, a:b] = 0.5 * (diag + diag.T)
+        out[a:b, b:] = strip[:, b - a:]
+        out[b:, a:b] = strip[:, b - a:].T
     return out
 
 
@@ -77,7 +110,11 @@ class TextSide:
     ``proj_weights64`` is ``pi``; ``weak_gate`` is ``1 - g`` (ASED; ``None`` when off);
     ``residual_ctx`` is ``P_w C`` for the small variant's SVD residual (``None`` when off).
     Fields ending in ``_e`` are already rotated into the eigenbasis (see the module docstring);
-    fields ending in ``64`` stay in float64 for the small rank-``k`` work."""
+    fields ending in ``64`` stay in float64 for the small rank-``k`` work.
+
+    With ``direct`` (wide text that fills its space, module docstring) there is no eigenbasis: ``basis`` and
+    ``eigvals64`` are ``None``, ``gram64`` is ``G0``, and the fields ending in ``_e`` (and ``contexts``,
+    ``guides``, ``residual_ctx``) are in the standard basis, in float64 on the linear-algebra device."""
 
     concept_vecs: torch.Tensor  # [m, d]
     empty_vec: torch.Tensor  # [d]
@@ -86,8 +123,8 @@ class TextSide:
     guides: torch.Tensor  # [u, t, d], the distinct guide sequences, zero-padded; Y_j is a prefix
     guide_index: torch.Tensor  # [m], which guide each erase prompt maps to
     preserve_gram_e: torch.Tensor | None  # [d, d], (q sum_k Z_k^T Z_k) E
-    basis: torch.Tensor  # [d, d], E
-    eigvals64: torch.Tensor  # [d], float64 on the linear-algebra device
+    basis: torch.Tensor | None  # [d, d], E (None when direct)
+    eigvals64: torch.Tensor | None  # [d], float64 on the linear-algebra device (None when direct)
     span_e64: torch.Tensor  # [d, k], float64 on the linear-algebra device
     proj_weights64: torch.Tensor  # [k], float64 on the linear-algebra device
     weak_gate: torch.Tensor | None  # [k], float64 on the linear-algebra device
@@ -95,6 +132,10 @@ class TextSide:
     residual_e: torch.Tensor | None  # [m, d], (P_w C)^T E
     #: ``basis`` spans only the text (``[d, r]``, ``r < d``); ``G0 = lambda I`` on the rest (:func:`_span_eigh`)
     partial: bool = False
+    #: solved per matrix in float64 by Cholesky factorizations of ``gram64 + mu I (+ mu R1)`` (no eigenbasis)
+    direct: bool = False
+    gram64: torch.Tensor | None = None  # [d, d], G0 in float64 (direct only)
+    preserve_rows64: torch.Tensor | None = None  # [rows, d], sqrt(q) Z_k stacked (direct only; Q = rows^T rows)
 
 
 def prepare_text_side(
@@ -107,6 +148,8 @@ def prepare_text_side(
     preserve_gram = None
     if concepts.num_preserve:
         preserve_gram = config.preserve_scale * gram(concepts.preserve_contexts, f64, lin, dim)
+    if route(concepts, config) == "direct":
+        return _prepare_direct(concepts, config, device, dtype)
     if 4 * text_rows(concepts, config) <= 3 * dim:
         eigvals, basis = _span_eigh(concepts, config, lin)
     else:
@@ -118,13 +161,7 @@ def prepare_text_side(
             g0 += c @ c.T
         eigvals, basis = torch.linalg.eigh(0.5 * (g0 + g0.T))
 
-    u, sv, _ = torch.linalg.svd(c, full_matrices=False)  # u: [d, k]
-    proj_weights = sv * sv / (sv * sv + PROJ_EPS)
-    gate = spectral_gate(sv, config.t_sigma, config.p_sigma)
-    weak_gate = (1.0 - gate) if (config.variant == "scale" and config.ased) else None
-    residual_ctx = None
-    if config.variant == "small" and config.svd_residual:
-        residual_ctx = c - u @ (gate.unsqueeze(1) * (u.T @ c))  # (I - U diag(g) U^T) C
+    u, proj_weights, weak_gate, residual_ctx = _concept_span(c, config)
 
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device=device, dtype=dtype)
@@ -145,6 +182,69 @@ def prepare_text_side(
         residual_ctx=cast(residual_ctx),
         residual_e=None if residual_ctx is None else cast(residual_ctx.T @ basis),
         partial=basis.shape[1] < dim,
+    )
+
+
+def _concept_span(c: torch.Tensor, config: ScaPreConfig):
+    """``(U, pi, 1 - g or None, P_w C or None)`` of the concept matrix ``C`` (``[d, m]``, float64)."""
+    u, sv, _ = torch.linalg.svd(c, full_matrices=False)  # u: [d, k]
+    proj_weights = sv * sv / (sv * sv + PROJ_EPS)
+    gate = spectral_gate(sv, config.t_sigma, config.p_sigma)
+    weak_gate = (1.0 - gate) if (config.variant == "scale" and config.ased) else None
+    residual_ctx = None
+    if config.variant == "small" and config.svd_residual:
+        residual_ctx = c - u @ (gate.unsqueeze(1) * (u.T @ c))  # (I - U diag(g) U^T) C
+    return u, proj_weights, weak_gate, residual_ctx
+
+
+def route(concepts: ConceptSet, config: ScaPreConfig) -> str:
+    """How the solve works for this text (module docstring): ``"span"`` (short text, on its span),
+    ``"direct"`` (wide text that fills its space, float64 Cholesky per matrix) or ``"eigen"`` (the rest)."""
+    if 4 * text_rows(concepts, config) <= 3 * concepts.dim:
+        return "span"
+    return "direct" if concepts.dim >= DIRECT_MIN_DIM else "eigen"
+
+
+def _prepare_direct(concepts: ConceptSet, config: ScaPreConfig, device: torch.device, dtype: torch.dtype
+                    ) -> TextSide:
+    """The text side of the direct route: every statistic in float64 in the standard basis on the
+    linear-algebra device; ``G0`` formed once from the stacked rows (:func:`sym_gram`)."""
+    f64, lin = torch.float64, linalg_device(device)
+    dim = concepts.dim
+    c = concepts.concept_vecs.to(device=lin, dtype=f64).T  # [d, m]
+    contexts = pad_sequences(concepts.contexts, f64, lin)  # zero rows add nothing to G0 or the data term
+    g0 = config.erase_scale * sym_gram(contexts.reshape(-1, dim))
+    g0.diagonal().add_(config.lam)
+    if config.variant != "uce":
+        g0 += c @ c.T
+    preserve_rows = None
+    if concepts.num_preserve:  # Q = q Z^T Z, applied as (W0 Z^T) Z per matrix
+        preserve_rows = math.sqrt(config.preserve_scale) * torch.cat(
+            [p.to(device=lin, dtype=f64) for p in concepts.preserve_contexts])
+        g0 += sym_gram(preserve_rows)
+    u, proj_weights, weak_gate, residual_ctx = _concept_span(c, config)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device=device, dtype=dtype)
+
+    return TextSide(
+        concept_vecs=cast(concepts.concept_vecs),
+        empty_vec=cast(concepts.empty_vec),
+        contexts=contexts if config.technique == "tensor" else None,
+        contexts_e=contexts,
+        guides=pad_sequences(concepts.guides, f64, lin),
+        guide_index=torch.tensor(concepts.guide_index, dtype=torch.long, device=lin),
+        preserve_gram_e=None,
+        basis=None,
+        eigvals64=None,
+        span_e64=u,
+        proj_weights64=proj_weights,
+        weak_gate=weak_gate,
+        residual_ctx=residual_ctx,
+        residual_e=None if residual_ctx is None else residual_ctx.T,
+        direct=True,
+        gram64=g0,
+        preserve_rows64=preserve_rows,
     )
 
 
@@ -205,6 +305,9 @@ def data_term(
     """``V E`` with ``V = s sum_j m_j (.) (T_j X_j)`` and targets ``T_j = W0 Y_j^T`` (``[o, d]``): the
     data term in the eigenbasis ``E`` of ``G0``, from the rotated contexts ``X_j E`` (module docstring).
 
+    With ``text.direct`` the contexts are in the standard basis (``r = d``): ``V`` itself, in the dtype of
+    ``w0`` (float64 there).
+
     ``technique="tensor"`` first removes from ``T_j`` its component along the normalised source
     projection ``W0 X_j^T`` (Frobenius inner product, per concept).
 
@@ -216,8 +319,9 @@ def data_term(
         raise AssertionError("guide sequences are never shorter than the contexts they align with")
     guide_proj = (w0 @ text.guides[:, :t].reshape(u * t, d).T).reshape(o, u, t)
     out = torch.zeros(o, r, dtype=w0.dtype, device=w0.device)
-    for start in range(0, m, CONCEPT_BLOCK):
-        block = slice(start, min(start + CONCEPT_BLOCK, m))
+    step = min(CONCEPT_BLOCK, max(1, CONCEPT_BLOCK * 77 // max(t, 1)))  # T5's 256-512 rows: fewer per block
+    for start in range(0, m, step):
+        block = slice(start, min(start + step, m))
         n = block.stop - block.start
         target = guide_proj[:, text.guide_index[block], :]
         if technique == "tensor":
@@ -245,6 +349,8 @@ def solve_rows(
     variants with ``mu = 0``). Returns the rows ``w_i`` in the standard basis. With a basis of the text's
     span only (``text.partial``) the rows of ``w0`` off that span are kept as they are (where ``b`` is
     ``prox w0`` and ``prox = lambda + mu``), so ``w0`` must be given."""
+    if text.direct:
+        return _solve_rows_direct(rhs_e, text, mu, alpha)
     dtype, device = rhs_e.dtype, rhs_e.device
     inv64 = 1.0 / (text.eigvals64 + mu)  # A0^{-1} in the eigenbasis of G0, float64
     correction64 = None
@@ -284,10 +390,40 @@ def solve_rows(
     return x @ text.basis.T
 
 
+def _solve_rows_direct(rhs: torch.Tensor, text: TextSide, mu: float, alpha: torch.Tensor | None) -> torch.Tensor:
+    """:func:`solve_rows` on the direct route: ``A = G0 + mu I + mu R1`` factorized by Cholesky (float64),
+    ``x = b A^{-1}``, then the same rank-``k`` Woodbury step per row for ``alpha_i P``, all in float64
+    (``rhs`` is float64 in the standard basis)."""
+    a = text.gram64.clone()
+    a.diagonal().add_(mu)
+    span = text.span_e64
+    if text.weak_gate is not None and mu > 0:
+        f = span * torch.sqrt(mu * text.weak_gate).unsqueeze(0)  # R1 term: F F^T, F = U diag(sqrt(mu (1 - g)))
+        a += f @ f.T
+    chol = torch.linalg.cholesky(a)
+    del a
+    x = torch.cholesky_solve(rhs.T, chol).T  # rows b_i A^{-1}
+    if alpha is not None and span.shape[1] > 0 and bool((alpha != 0).any()):
+        up = span * torch.sqrt(text.proj_weights64).unsqueeze(0)  # [d, k], P = Up Up^T
+        h = torch.cholesky_solve(up, chol).T  # rows of (A^{-1} Up)^T, [k, d]
+        small = h @ up
+        kappa, vecs = torch.linalg.eigh(0.5 * (small + small.T))
+        a_i = alpha.to(device=kappa.device, dtype=torch.float64).unsqueeze(1)
+        coef = a_i / (1.0 + a_i * kappa.unsqueeze(0))  # [o, k]
+        x = x - ((x @ (up @ vecs)) * coef) @ (vecs.T @ h)
+    return x
+
+
 def rhs_eig(w0: torch.Tensor, text: TextSide, data_e: torch.Tensor, prox: float, residual_scale: float) -> torch.Tensor:
     """``b E`` with ``b = prox W0 + V + W0 Q (- s (W0 P_w C)(P_w C)^T)`` (``Q`` the preserve Gram
-    matrix; the residual only for the small variant's SVD step), every term formed in the eigenbasis."""
-    rhs = data_e + prox * (w0 @ text.basis)
+    matrix; the residual only for the small variant's SVD step), every term formed in the eigenbasis
+    (on the direct route, ``b`` itself in the dtype of ``w0``, float64 there)."""
+    if text.direct:
+        rhs = data_e + prox * w0
+        if text.preserve_rows64 is not None:
+            rhs = rhs + (w0 @ text.preserve_rows64.T) @ text.preserve_rows64
+    else:
+        rhs = data_e + prox * (w0 @ text.basis)
     if text.preserve_gram_e is not None:
         rhs = rhs + w0 @ text.preserve_gram_e
     if text.residual_e is not None and residual_scale:

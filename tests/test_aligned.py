@@ -10,7 +10,7 @@ import torch
 from comfyui_scapre.scapre_core import ConceptSet, ScaPreConfig, erase
 from comfyui_scapre.scapre_core.concepts import merge_runs
 from comfyui_scapre.scapre_core.report import ReportBuilder
-from helpers import random_concepts, random_weights
+from helpers import clip_like_concepts, random_concepts, random_weights
 
 SHAPES = {"a.k": (24, 16), "a.v": (20, 16)}
 
@@ -134,3 +134,59 @@ def test_short_text_solves_on_its_span_as_on_the_whole_space(monkeypatch, option
     for k in weights:
         change = (full[k] - weights[k]).norm()
         assert float(change) > 0 and float((partial[k] - full[k]).norm() / change) < 1e-9
+
+
+@pytest.mark.parametrize("options", [
+    {"variant": "scale"}, {"variant": "scale", "ased": True, "egbr": True, "mu_from_entropy": False},
+    {"variant": "small", "svd_residual": True}, {"variant": "uce"}, {"variant": "scale", "technique": "tensor"},
+])
+def test_wide_text_solved_directly_equals_the_eigenbasis_solve(monkeypatch, options):
+    """Text that fills a wide space (T5 rows before Flux's txt_in): the direct float64 route (a Cholesky
+    factorization per matrix, no eigendecomposition) equals the eigenbasis solve, in float64 and, for the
+    default float32 edit, to float32 rounding; on CLIP-like ill-conditioned statistics, with preserve prompts
+    and guides."""
+    from comfyui_scapre.scapre_core import solve
+
+    cs = clip_like_concepts(12, 64, preserve=2, guided=True, seed=3)
+    weights = random_weights({"a.k": (40, 64), "a.v": (24, 64)})
+    wide = {k: w.double() for k, w in weights.items()}
+    config = ScaPreConfig(seed=1, **options)
+    assert solve.route(cs, config) == "eigen"
+    reference = erase(wide, cs, config.replace(precision="float64"))
+    monkeypatch.setattr(solve, "DIRECT_MIN_DIM", 64)
+    assert solve.route(cs, config) == "direct"
+    assert solve.prepare_text_side(cs, config, torch.device("cpu"), torch.float32).direct
+    direct64 = erase(wide, cs, config.replace(precision="float64"))
+    direct32 = erase(weights, cs, config)
+    for k in weights:
+        change = (reference[k] - wide[k]).norm()
+        assert float(change) > 0
+        assert float((direct64[k] - reference[k]).norm() / change) < 1e-9
+        assert direct32[k].dtype == torch.float32
+        assert float((direct32[k].double() - reference[k]).norm() / change) < 1e-6
+    # the route depends on the text only: a matrix edited alone gets the same bits
+    alone = erase({"a.v": weights["a.v"]}, cs, config)
+    assert torch.equal(alone["a.v"], direct32["a.v"])
+
+
+def test_route_follows_the_text():
+    from comfyui_scapre.scapre_core import solve
+
+    config = ScaPreConfig()
+    short, _ = random_concepts(3, dim=64, length=6, seed=7)
+    assert solve.route(short, config) == "span"
+    sd = clip_like_concepts(12, 64)
+    assert solve.route(sd, config) == "eigen"
+    t5 = ConceptSet.from_aligned(torch.randn(2, solve.DIRECT_MIN_DIM), torch.randn(solve.DIRECT_MIN_DIM),
+                                 [torch.randn(2000, solve.DIRECT_MIN_DIM)] * 2,
+                                 [torch.randn(2000, solve.DIRECT_MIN_DIM)] * 2)
+    assert solve.route(t5, config) == "direct"
+
+
+def test_sym_gram_is_the_exactly_symmetric_gram():
+    from comfyui_scapre.scapre_core.solve import sym_gram
+
+    k = torch.randn(50, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    g = sym_gram(k, block=8)
+    assert torch.equal(g, g.T)
+    assert torch.allclose(g, k.T @ k, rtol=0, atol=1e-12)
