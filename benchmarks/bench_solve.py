@@ -49,10 +49,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -63,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: pack.py
 import pack  # noqa: E402, F401  (registers scapre_core)
 from helpers import clip_like_concepts  # noqa: E402
 
-from scapre_core import ScaPreConfig, erase  # noqa: E402
+from scapre_core import ConceptSet, ScaPreConfig, erase  # noqa: E402
 
 TOKENS = 77
 
@@ -284,9 +286,174 @@ def run_case(name: str, device: str, naive_rows_per_shape: int, scopes: list[str
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# DiT cases: the matrix shapes of real models, T5-like long text through the pack's own alignment
+# ---------------------------------------------------------------------------------------------------
+
+#: name: (blocks, edited matrices per block (rows, width), text rows per prompt, real tokens per prompt (min, max),
+#:        padding ("zeros": Wan's zeroed umT5 padding; "masked": padding the model masks out; "distinct":
+#:        T5 padding that the model reads, every row different), text projection (in, hidden, out) or None,
+#:        pooled matrix (rows, width) or None)
+DIT_CASES = {
+    "wan13b_50": (30, ((1536, 1536), (1536, 1536)), 512, (4, 24), "zeros", (4096, 1536, 1536), None),
+    "wan14b_50": (40, ((5120, 5120), (5120, 5120)), 512, (4, 24), "zeros", (4096, 5120, 5120), None),
+    "ltxv2b_50": (28, ((2048, 2048), (2048, 2048)), 128, (4, 24), "masked", (4096, 2048, 2048), None),
+    "pixart_50": (28, ((1152, 1152), (1152, 1152)), 300, (4, 24), "masked", (4096, 1152, 1152), None),
+    "flux_50": (1, ((3072, 4096),), 256, (4, 24), "distinct", None, (3072, 768)),
+    "sd35l_50": (1, ((2432, 4096),), 154, (4, 24), "distinct", None, (2432, 2048)),
+    "qwen_50": (1, ((3072, 3584),), 40, (4, 24), "masked", None, None),
+}
+
+
+class LazyWeights(dict):
+    """fp16 random matrices made on first access and dropped after (a model's weights are read one at a
+    time; holding 80 Wan-14B matrices would add 4 GB that the pack never holds)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], seed: int = 1) -> None:
+        super().__init__({k: None for k in shapes})
+        self.shapes, self.seed, self._last = shapes, seed, None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if self._last is None or self._last[0] != key:
+            g = torch.Generator().manual_seed(self.seed + zlib.crc32(key.encode()))
+            rows, cols = self.shapes[key]
+            self._last = (key, (torch.randn(rows, cols, generator=g) / cols**0.5).half())
+        return self._last[1]
+
+    def values(self):
+        return (self[k] for k in self)
+
+    def items(self):
+        return ((k, self[k]) for k in self)
+
+
+def t5_like_encodings(name: str, seed: int = 0):
+    """Synthetic encodings as the pack's encode step stores them: per prompt ``rows`` real tokens with T5-like
+    statistics (small entries, a few outlier dimensions), then the case's padding."""
+    from comfyui_scapre.nodes.glue.encode import Encoding, Segment, compress_tail
+    from comfyui_scapre.scapre_core.prompts import plan_prompts
+
+    _, _, length, (low, high), padding, _, _ = DIT_CASES[name]
+    d = 4096 if name != "qwen_50" else 3584
+    g = torch.Generator().manual_seed(seed)
+    outliers = torch.randperm(d, generator=g)[:6]
+    plan = plan_prompts(", ".join(f"concept {j}" for j in range(50)))
+
+    def encoding(words: int) -> Encoding:
+        rows = 0.15 * torch.randn(length, d, generator=g)
+        rows[:, outliers] *= 20.0
+        real = words + 1  # words and the end token
+        if padding == "zeros":
+            rows[real:] = 0.0
+        last = words - 1 if words else None
+        seg = Segment(("t5xxl",), 0, length, real if padding == "masked" else length, last, False)
+        pooled = torch.randn(768 if name == "flux_50" else 2048, generator=g) if DIT_CASES[name][6] else None
+        return Encoding(compress_tail(rows), length, (seg,), pooled)
+
+    encodings = {"": encoding(0)}
+    for text in plan.prompts:
+        encodings[text] = encoding(int(torch.randint(low, high + 1, (1,), generator=g)))
+    return plan, encodings
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads): on a busy machine, wall time / threads understates nothing."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False) -> dict:
+    """The whole DiT edit as the pack runs it: the model's text projection on each distinct row, alignment
+    and (with ``merge``) merging of repeated padding, then every matrix one at a time (read as float32,
+    changed, dropped). ``merge=False`` builds the same contexts without merging (every padding row kept)."""
+    from comfyui_scapre.nodes.glue.architectures import mlp_gelu_tanh
+    from comfyui_scapre.nodes.glue.encode import stream_sets
+    from comfyui_scapre.scapre_core import erase_iter
+    from comfyui_scapre.scapre_core.solve import route
+
+    blocks, per_block, length, _, padding, projection, pooled = DIT_CASES[name]
+    load0 = round(os.getloadavg()[0], 2)  # the machine's 1-minute load before this case (other processes)
+    plan, encodings = t5_like_encodings(name)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    project = None
+    if projection is not None:
+        _, fn = mlp_gelu_tanh("p.", "0", "2")
+        gen = torch.Generator().manual_seed(7)
+        d_in, hidden, out = projection
+        proj = {"p.0.weight": torch.randn(hidden, d_in, generator=gen) / d_in**0.5, "p.0.bias": torch.zeros(hidden),
+                "p.2.weight": torch.randn(out, hidden, generator=gen) / hidden**0.5, "p.2.bias": torch.zeros(out)}
+        project = lambda rows: fn(proj, rows)  # noqa: E731
+    start, text_cpu = time.perf_counter(), _cpu_seconds()
+    if merge:
+        sets = stream_sets(plan, encodings, "cond", project, padding == "masked").erase
+    else:
+        sets = _unmerged(plan, encodings, project, padding)
+    text_seconds, text_cpu = time.perf_counter() - start, _cpu_seconds() - text_cpu
+    shapes = {f"blocks.{b}.m{i}.weight": s for b in range(blocks) for i, s in enumerate(per_block)}
+    streams = [("text", sets, LazyWeights(shapes))]
+    if pooled is not None:
+        pooled_sets = stream_sets(plan, encodings, "pooled").erase
+        streams.append(("pooled", pooled_sets, LazyWeights({"pooled.weight": pooled})))
+    cfg = ScaPreConfig()
+    patch_mb = 0.0
+    _sync(device)
+    start = time.perf_counter()
+    cpu0 = _cpu_seconds()
+    for _, cs, weights in streams:
+        for _, change in erase_iter(weights, cs, cfg, device=device, changes=True):
+            patch_mb += change.numel() * 4 / 2**20  # the pack keeps each change as a float32 patch
+            del change
+    _sync(device)
+    seconds = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "case": name, "device": device, "merge": merge, "matrices": sum(len(w) for _, _, w in streams),
+        "concepts": sets.num_concepts, "d": sets.dim, "text_rows": length,
+        "context_rows_mean": round(sum(x.shape[0] for x in sets.contexts) / sets.num_concepts, 1),
+        "route": route(sets, cfg), "load_before": load0, "load_after": round(os.getloadavg()[0], 2),
+        "text_seconds": round(text_seconds, 2), "seconds": round(seconds, 2),
+        "total_seconds": round(text_seconds + seconds, 2), "text_cpu_seconds": round(text_cpu, 2),
+        "cpu_seconds": round(cpu, 2),
+        "peak_rss_above_start_mb": round(peak - rss0, 1), "patches_float32_mb": round(patch_mb, 1),
+        "threads": torch.get_num_threads(),
+    }
+    if exact:
+        key = next(iter(shapes))
+        w = {key: streams[0][2][key].float()}
+        result["rel_err_vs_float64"] = exactness(w, sets, cfg, [key], device)
+    if not merge:  # the merged edit of the first matrix against this one
+        key = next(iter(shapes))
+        w = {key: streams[0][2][key].float()}
+        merged = stream_sets(plan, encodings, "cond", project, padding == "masked").erase
+        a, b = erase(w, merged, cfg, device=device)[key], erase(w, sets, cfg, device=device)[key]
+        result["rel_diff_vs_merged"] = float((a - b).norm() / (b - w[key]).norm())
+    return result
+
+
+def _unmerged(plan, encodings, project, padding) -> ConceptSet:
+    """The contexts of ``stream_sets`` with every padding row kept: the same aligned pairs, not merged."""
+    from comfyui_scapre.nodes.glue.encode import _entries, _projected
+
+    enc = {t: _projected(e, "cond", project) if project is not None else e for t, e in encodings.items()}
+    vecs, empty, xs, ys = [], None, [], []
+    for text in plan.prompts:
+        for _, c, e, x, y in _entries(enc[text], enc[""], enc[""], "cond", padding == "masked"):
+            vecs.append(c)
+            empty = e
+            xs.append(x.clone())
+            ys.append(y.clone())
+    return ConceptSet(concept_vecs=torch.stack(vecs), empty_vec=empty, contexts=tuple(xs), targets=tuple(ys),
+                      guides=tuple(ys), guide_index=tuple(range(len(ys))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=[*CASES, *DIT_CASES],
+                        help="SD cases (default all of them) and DiT cases: " + ", ".join(DIT_CASES))
+    parser.add_argument("--no-merge", action="store_true",
+                        help="DiT cases: keep every padding row (the cost merging saves; same result)")
+    parser.add_argument("--exact", action="store_true", help="DiT cases: also the float32-vs-float64 error")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--naive-rows", type=int, default=4, help="rows per shape timed with the per-row solve")
     parser.add_argument("--exactness-only", action="store_true",
@@ -299,7 +466,9 @@ def main() -> None:
     args = parser.parse_args()
     scopes = ["key", "full"] if args.report_tokens == "both" else [args.report_tokens]
     if args.one:
-        if args.exactness_only:
+        if args.one in DIT_CASES:
+            result = run_dit_case(args.one, args.device, merge=not args.no_merge, exact=args.exact)
+        elif args.exactness_only:
             result = run_exactness(args.one, args.device)
         elif args.node_only:
             result = run_node_only(args.one, args.device, scopes)
@@ -311,7 +480,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", case, "--device", args.device, "--naive-rows", str(args.naive_rows),
                "--report-tokens", args.report_tokens]
         cmd += ["--exactness-only"] if args.exactness_only else []
-        subprocess.run(cmd + (["--node-only"] if args.node_only else []), check=True)
+        cmd += ["--node-only"] if args.node_only else []
+        cmd += ["--no-merge"] if args.no_merge else []
+        cmd += ["--exact"] if args.exact else []
+        subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

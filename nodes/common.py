@@ -12,12 +12,9 @@ from comfy_api.latest import io
 
 from ..scapre_core import FIELD_HELP, ScaPreConfig
 from .glue.weights import (  # noqa: F401  (re-exported for the node modules)
-    EDIT_MODES,
-    KV_KEY,
     EffectiveWeights,
     compute_device,
     edit_records,
-    kv_keys,
     patched_clone,
 )
 

@@ -8,6 +8,10 @@ from ..scapre_core.prompts import CONCEPT_TYPES, plan_prompts
 from .common import CATEGORY, Concepts, log, progress
 from .glue.encode import encode_concepts
 
+CLIP_TIP = ("The text encoder of the model you will edit: the checkpoint's CLIP, or the CLIPLoader / DualCLIPLoader "
+            "/ TripleCLIPLoader output of a DiT (umT5 for Wan, T5 for LTX-Video/PixArt/Chroma, CLIP-L + T5 for Flux, "
+            "CLIP-L + CLIP-G + T5 for SD3, Qwen2.5-VL for Qwen-Image).")
+
 
 class ScaPreConceptEncode(io.ComfyNode):
     @classmethod
@@ -17,9 +21,10 @@ class ScaPreConceptEncode(io.ComfyNode):
             display_name="ScaPre Concept Encode",
             category=CATEGORY,
             description="Encode the concepts to erase (and optional guides, preserve prompts and probes) with "
-                        "the model's own CLIP. Feed the output to ScaPre Informax and ScaPre Erase.",
+                        "the model's own text encoder (any of them: CLIP, T5, umT5, Qwen2.5-VL, or several). "
+                        "Feed the output to ScaPre Informax and ScaPre Erase.",
             inputs=[
-                io.Clip.Input("clip", tooltip="The CLIP of the model you will edit (from the same checkpoint)."),
+                io.Clip.Input("clip", tooltip=CLIP_TIP),
                 io.String.Input("concepts", multiline=True, default="",
                                 placeholder="one concept per line (commas also separate)\ne.g. Van Gogh",
                                 tooltip="What to erase: objects, artists' styles, explicit terms, people, "

@@ -12,17 +12,18 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig, informax_weights
+from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig
 from ..scapre_core.config import FIELD_HELP
 from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
 from ..scapre_core.report import REPORT_SCOPES, describe_scope
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
-from .glue.edit import check_concepts, run_erase
-from .glue.payloads import InformaxPayload
-from .glue.weights import EffectiveWeights, compute_device, kv_keys
+from .glue.edit import run_erase, run_informax
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScaPreConfig))
 
+MODEL_TIP = ("The model to edit. ScaPre as published (cross-attention keys/values): SD1.x, SD2.x, SDXL, Wan 2.1/2.2, "
+             "LTX-Video, PixArt. Beyond the paper (the text-input projection, measured on weights only, not on "
+             "images; docs/dit-models.md): Flux, Chroma, SD3/3.5, Qwen-Image. Other models are refused.")
 Settings = io.Custom("SCAPRE_SETTINGS")
 FIELD_SEED = FIELD_HELP["seed"]
 
@@ -41,8 +42,8 @@ class ScaPreInformax(io.ComfyNode):
             node_id="ScaPreInformax",
             display_name="ScaPre Informax",
             category=CATEGORY,
-            description="Mutual-information row weights and entropy factors of every cross-attention key/value "
-                        "matrix (the Informax decoupler). Optional: ScaPre Erase computes them itself when this "
+            description="Mutual-information row weights and entropy factors of every matrix ScaPre Erase edits "
+                        "(the Informax decoupler). Optional: ScaPre Erase computes them itself when this "
                         "is not connected; computing them here lets you reuse them across several erase nodes.",
             inputs=[
                 io.Model.Input("model", tooltip="The model you will edit (the same one ScaPre Erase gets)."),
@@ -56,17 +57,16 @@ class ScaPreInformax(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, concepts, **values) -> io.NodeOutput:
-        concepts = check_concepts(concepts)
         config = _build_config(values)
-        keys = kv_keys(model, concepts.width)
-        result = informax_weights(EffectiveWeights(model, keys), concepts.erase, config,
-                                  progress(cls.hidden.unique_id, "informax"), device=compute_device(model))
-        return io.NodeOutput(InformaxPayload(result=result, config=config, keys=tuple(keys)))
+        payload = run_informax(model, concepts, config, progress(cls.hidden.unique_id, "informax"))
+        return io.NodeOutput(payload)
 
 
 def _edit_input() -> io.Input:
     return io.Combo.Input("edit", options=list(EDIT_MODES), default="keys and values",
-                          tooltip="Which projections to edit: both (published), only values, or only keys.")
+                          tooltip="Which projections to edit: both (published), only values, or only keys. Models that "
+                                  "read text through one text-input projection (Flux, SD3, ...) take only 'keys "
+                                  "and values'.")
 
 
 def _informax_input() -> io.Input:
@@ -120,12 +120,13 @@ class ScaPreEraseSimple(io.ComfyNode):
             display_name="ScaPre Erase",
             category=CATEGORY,
             description="Erase the encoded concepts from the model by ScaPre's closed-form edit of the "
-                        "cross-attention keys and values (no training data, no extra networks). Outputs an "
-                        "edited clone; the input MODEL is unchanged. Pick the published setting for what you "
+                        "cross-attention keys and values (no training data, no extra networks); on Flux, Chroma, "
+                        "SD3/3.5 and Qwen-Image, of the text-input projection instead (beyond the paper). Outputs "
+                        "an edited clone; the input MODEL is unchanged. Pick the published setting for what you "
                         "erase; connect ScaPre Settings to set every field yourself.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to edit (SD1.x, SD2.x or SDXL UNet)."),
-                Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's CLIP)."),
+                io.Model.Input("model", tooltip=MODEL_TIP),
+                Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's own text encoder)."),
                 io.Combo.Input("preset", options=list(PRESET_NAMES), default="custom",
                                tooltip="The authors' published setting for what you erase. " + _PRESET_HELP
                                        + ". Ignored when settings is connected."),
@@ -201,8 +202,8 @@ class ScaPreErase(io.ComfyNode):
                         "by ScaPre's closed-form edit of the cross-attention keys and values. Its report is "
                         "measured on every token (report tokens: full), as before.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to edit (SD1.x, SD2.x or SDXL UNet)."),
-                Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's CLIP)."),
+                io.Model.Input("model", tooltip=MODEL_TIP),
+                Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's own text encoder)."),
                 _informax_input(),
                 _edit_input(),
                 *(config_input(name) for name in CONFIG_FIELDS),

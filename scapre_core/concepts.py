@@ -22,7 +22,8 @@ class ConceptSet:
 
     Attributes (``m`` erase prompts, ``d`` the text-embedding width):
         concept_vecs: ``[m, d]``, ``c_j``: the embedding of the last word token of erase prompt ``j``.
-        empty_vec: ``[d]``, ``e``: the empty prompt's embedding at position 1 (its end token).
+        empty_vec: ``[d]``, ``e``: the empty prompt's embedding at position 1 (its end token); or
+            ``[m, d]``, one reference vector per erase prompt (:meth:`from_aligned`).
         contexts: ``m`` tensors ``[t_j, d]``, ``X_j``: erase prompt ``j`` from its last word token on.
         targets: ``m`` tensors ``[t_j, d]``, ``Y_j``: the guide from its last word token, aligned to ``X_j``.
         guides: the distinct guide sequences from their last word token on; ``Y_j`` is a prefix of
@@ -124,6 +125,67 @@ class ConceptSet:
             preserve_texts=tuple(str(t) for t in preserve_texts),
         )
 
+    @classmethod
+    def from_aligned(
+        cls,
+        concept_vecs: torch.Tensor,
+        empty_vec: torch.Tensor,
+        contexts: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        preserve: Sequence[torch.Tensor] = (),
+        *,
+        erase_texts: Sequence[str] = (),
+        guide_texts: Sequence[str] = (),
+        preserve_texts: Sequence[str] = (),
+    ) -> ConceptSet:
+        """A set from contexts and targets that the caller has already aligned token by token.
+
+        For text encoders whose layout :meth:`from_embeddings` does not describe (several encoders
+        in one sequence, no start token, a model's own text projection applied first): ``X_j`` and
+        ``Y_j`` are given as they are (``[t_j, d]`` each, row ``i`` of ``Y_j`` the target of row
+        ``i`` of ``X_j``), with ``c_j`` (``concept_vecs``, ``[m, d]``) and ``e`` (``empty_vec``:
+        ``[d]``, or ``[m, d]`` for one reference vector per erase prompt). ``preserve`` holds the
+        ``Z_k``.
+
+        Runs of identical consecutive token pairs (padding that a model reads as one repeated
+        vector) are merged, see :func:`merge_runs`; equal targets share their guide storage.
+        """
+        contexts, targets, preserve = list(contexts), list(targets), list(preserve)
+        if not contexts:
+            raise ValueError("no concepts: give at least one erase prompt")
+        _same_length("targets", targets, "contexts", contexts)
+        for name, texts, ref in (("erase_texts", erase_texts, contexts), ("guide_texts", guide_texts, contexts),
+                                 ("preserve_texts", preserve_texts, preserve)):
+            if len(texts) not in (0, len(ref)):
+                raise ValueError(f"{name} has {len(texts)} entries but there are {len(ref)} prompts")
+        vecs = _as_sequence("concept_vecs", concept_vecs)
+        if vecs.shape[0] != len(contexts):
+            raise ValueError(f"concept_vecs has {vecs.shape[0]} rows but there are {len(contexts)} contexts; "
+                             "give one concept vector per erase prompt")
+        dim = int(vecs.shape[1])
+        empty = _as_empty(empty_vec, len(contexts), dim)
+        pairs = []
+        for j, (x, y) in enumerate(zip(contexts, targets, strict=True)):
+            x, y = _as_sequence(f"contexts[{j}]", x, dim), _as_sequence(f"targets[{j}]", y, dim)
+            if x.shape != y.shape:
+                raise ValueError(f"contexts[{j}] has shape {list(x.shape)} but targets[{j}] has {list(y.shape)}: "
+                                 "align each context with its target token by token")
+            pairs.append(merge_runs(x, y))
+        zs = [merge_runs(_as_sequence(f"preserve[{k}]", z, dim))[0] for k, z in enumerate(preserve)]
+        guides, guide_index = _prefix_guides([y for _, y in pairs])
+        return cls(
+            concept_vecs=vecs.clone(),
+            empty_vec=empty.clone(),
+            contexts=tuple(x.clone() for x, _ in pairs),
+            targets=tuple(guides[u][: x.shape[0]] for (x, _), u in zip(pairs, guide_index, strict=True)),
+            preserve_contexts=tuple(z.clone() for z in zs),
+            guides=tuple(guides),
+            guide_index=tuple(guide_index),
+            erase_texts=tuple(str(t) for t in erase_texts),
+            guide_texts=tuple(str(t) for t in guide_texts),
+            preserve_texts=tuple(str(t) for t in preserve_texts),
+        )
+
     def fingerprint(self) -> str:
         """A short hash of the numbers the edit reads, to match Informax results to concepts."""
         return self._fingerprint
@@ -135,6 +197,55 @@ class ConceptSet:
             digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def merge_runs(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Merge each run of ``n`` identical consecutive rows of ``x`` (and, when given, ``y`` at the
+    same positions) into one row scaled by ``sqrt(n)``.
+
+    Every quantity the edit and the report read from the tokens is a sum over tokens of products of
+    a context row with a context or target row (``X^T X``, ``Y^T X``, ``||W X^T||``, ...), so the
+    merged sequences give the same sums, up to rounding, with ``n - 1`` fewer rows per run: padding
+    that a model reads as one repeated vector costs one token, not hundreds. Without runs the
+    inputs are returned as they are."""
+    if x.shape[0] < 2:
+        return x, y
+    same = (x[1:] == x[:-1]).all(dim=1)
+    if y is not None:
+        same &= (y[1:] == y[:-1]).all(dim=1)
+    if not bool(same.any()):
+        return x, y
+    starts = torch.cat([torch.ones(1, dtype=torch.bool), ~same]).nonzero().squeeze(1)
+    ends = torch.cat([starts[1:], torch.tensor([x.shape[0]])])
+    scale = (ends - starts).to(x.dtype).sqrt().unsqueeze(1)
+    return x[starts] * scale, None if y is None else y[starts] * scale
+
+
+def _prefix_guides(targets: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Group targets that are prefixes of one another: each group stores its longest member once."""
+    order = sorted(range(len(targets)), key=lambda j: -targets[j].shape[0])
+    guides: list[torch.Tensor] = []
+    index = [0] * len(targets)
+    for j in order:
+        y = targets[j]
+        found = next((u for u, g in enumerate(guides) if torch.equal(g[: y.shape[0]], y)), None)
+        if found is None:
+            found = len(guides)
+            guides.append(y.clone())
+        index[j] = found
+    return guides, index
+
+
+def _as_empty(empty: torch.Tensor, m: int, dim: int) -> torch.Tensor:
+    """``e`` as ``[d]`` (one for all erase prompts) or ``[m, d]`` (one per erase prompt)."""
+    if not isinstance(empty, torch.Tensor):
+        raise ValueError(f"empty_vec must be a torch.Tensor of shape [d] or [m, d], got {type(empty).__name__}")
+    if empty.dim() == 1:
+        return _as_sequence("empty_vec", empty.unsqueeze(0), dim)[0]
+    if empty.dim() == 2 and empty.shape[0] == m:
+        return _as_sequence("empty_vec", empty, dim)
+    raise ValueError(f"empty_vec must have shape [{dim}] or [{m}, {dim}] (one per erase prompt), "
+                     f"got {list(empty.shape)}")
 
 
 def _distinct_guides(guide: list[torch.Tensor], guide_last: list[int]) -> tuple[list[torch.Tensor], list[int]]:

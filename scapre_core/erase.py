@@ -91,7 +91,15 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
     """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``.
 
     Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
-    from per-row float64 scalars), so that it is accurate relative to itself, not to the weight."""
+    from per-row float64 scalars), so that it is accurate relative to itself, not to the weight. On the
+    direct route (``text.direct``: wide text that fills its space) everything runs in float64 and the
+    change is cast to the precision of ``w0`` at the end."""
+    if text.direct and w0.dtype != torch.float64:
+        return _edit_change(to_float64(w0), text, stats, config).to(device=w0.device, dtype=w0.dtype)
+    return _edit_change(w0, text, stats, config)
+
+
+def _edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
     if config.variant == "uce":
@@ -105,11 +113,11 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
         mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
         lam_prox = config.lam + mu
         row_max = row_weights.max(dim=1).values
-        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max)
+        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max, w0)
         change = bures_change(w0, solved - w0, mu, lam_prox, config.bures_iters)
         return egbr_change(w0, change, spread) if config.egbr else change
 
-    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None)
+    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None, w0)
     if config.variant == "uce":
         return solved - w0
     entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)

@@ -96,7 +96,8 @@ def sampled_mutual_information(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """``I[i, j]``: the paper's estimate of MI between row ``i``'s binarised activation and
-    "concept ``j`` vs. empty prompt" from ``K`` noisy positives and ``K`` negatives per concept.
+    "concept ``j`` vs. empty prompt" from ``K`` noisy positives and ``K`` negatives per concept
+    (``empty_vec`` is ``[d]``, or ``[m, d]`` with one reference vector per concept).
 
     Rows are binarised at their lower median with a strict ``>``; the MI comes from the counts.
     """
@@ -119,7 +120,10 @@ def expected_mutual_information(
     """Population MI of the same binary channel (SPEC "Variance"): ``ln 2 - H_b(q)`` with
     ``q = Phi(|a - b| / (2 s))``, ``a = w_i.c_j``, ``b = w_i.e``, ``s = sigma ||w_i||``."""
     a = to_float64(w0 @ concept_vecs.T)  # [o, m]
-    b = to_float64(w0 @ empty_vec).unsqueeze(1)  # [o, 1]
+    if empty_vec.dim() == 1:
+        b = to_float64(w0 @ empty_vec).unsqueeze(1)  # [o, 1]: one e for all concepts
+    else:
+        b = to_float64(w0 @ empty_vec.T)  # [o, m]: one e per concept
     gap = (a - b).abs()
     s = (sigma * to_float64(torch.linalg.vector_norm(w0, dim=1))).unsqueeze(1)
     ln2 = math.log(2.0)

@@ -1,23 +1,37 @@
 """The edit itself, once for every caller: encoded concepts and a config in, an edited clone of the
-MODEL (patches on the cross-attention keys/values) and its :class:`EditRecord` out (SPEC "The
-closed-form solve"; COMFY_NOTES (a))."""
+MODEL (patches on exactly the weights its architecture reads text with) and its :class:`EditRecord` out
+(SPEC "The closed-form solve"; COMFY_NOTES (a); ``glue.architectures`` for what is edited per model)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import comfy.model_management
 import torch
 
-from ...scapre_core import ScaPreConfig, __version__, erase_iter
+from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weights
 from ...scapre_core.concepts import ConceptSet
-from ...scapre_core.report import REPORT_TOKENS, ReportBuilder, scope_tokens
+from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens
 from ...scapre_core.solve import CONCEPT_BLOCK
+from .architectures import (
+    CLIP_LAYOUTS,
+    Architecture,
+    Stream,
+    Target,
+    architecture,
+    edit_targets,
+    stream_width,
+    weight_shapes,
+)
+from .encode import StreamSets, stream_sets
 from .payloads import EditRecord, EncodedConcepts, InformaxPayload
-from .weights import EffectiveWeights, compute_device, kv_keys, patched_clone
+from .weights import EffectiveWeights, compute_device, patched_clone
 
 log = logging.getLogger("comfyui-scapre")
 
@@ -59,6 +73,108 @@ def make_room(device: torch.device, memory_required: int) -> None:
     comfy.model_management.free_memory(memory_required, device)
 
 
+class TargetWeights(Mapping):
+    """The matrices of ``targets`` as the model computes with them now (``EffectiveWeights``, one float32 CPU
+    copy at a time), each sliced to its rows (PixArt's ``kv_linear`` holds a key and a value matrix)."""
+
+    def __init__(self, model, targets: list[Target]) -> None:
+        self.targets = {t.name: t for t in targets}
+        self._weights = EffectiveWeights(model, list(dict.fromkeys(t.key for t in targets)))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        target = self.targets[name]
+        weight = self._weights[target.key]
+        return weight if target.rows is None else weight[target.rows[0]:target.rows[1]]
+
+    def full_shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._weights._entries[key][0][0].shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclass(frozen=True)
+class StreamInput:
+    stream: Stream
+    targets: list[Target]
+    sets: StreamSets
+
+
+def stream_inputs(model, concepts: EncodedConcepts, edit: str = "keys and values"
+                  ) -> tuple[Architecture, list[StreamInput]]:
+    """The architecture of ``model``, and per text stream its edited matrices and concept sets: the encoded
+    prompts passed through the model's own text projection (weights as the model computes with them),
+    computed once per edit."""
+    arch = architecture(model)
+    if concepts.text_encoder and concepts.text_encoder not in arch.clip_layouts:
+        used = CLIP_LAYOUTS[concepts.text_encoder].description if concepts.text_encoder in CLIP_LAYOUTS else \
+            concepts.text_encoder
+        raise ValueError(f"this MODEL is {arch.name} ({type(model.model).__name__}), which reads {arch.text_encoder} "
+                         f"text, but the concepts were encoded with {used}: connect the text encoder that belongs to "
+                         "this model to ScaPre Concept Encode")
+    shapes = weight_shapes(model)
+    targets = edit_targets(model, arch, edit, shapes)
+    device = compute_device(model)
+    plan = concepts.plan
+    concept_of = {p: plan.concepts[j] for p, j in zip(plan.prompts, plan.concept_index, strict=True)}
+    out = []
+    for stream in arch.streams:
+        mine = [t for t in targets if t.stream == stream.name]
+        if not mine:
+            continue
+        if stream.source == "cond" and not stream.width_key:  # UNet: keys/values reading this width
+            mine = [t for t in mine if shapes[t.key][-1] == concepts.width]
+            if not mine:
+                widths = sorted({shapes[t.key][-1] for t in arch.targets(shapes)})
+                raise ValueError(f"the concepts were encoded {concepts.width} wide but this model's "
+                                 f"cross-attention reads {widths}: encode the concepts with the CLIP that "
+                                 "belongs to this model")
+        width = stream_width(arch, stream, shapes, mine)
+        have = _encoded_width(concepts, stream.source)
+        if have != width:
+            raise ValueError(f"{arch.name} reads {width}-wide {_what(stream)} but the concepts' text encoder gives "
+                             f"{have}: encode the concepts with the text encoder that belongs to this model "
+                             f"({arch.text_encoder})")
+        if not concepts.encodings or (stream.source == "cond" and stream.projection is None and not stream.masked):
+            sets = StreamSets(concepts.erase, concepts.probes, concepts.preserve, _labels(concepts.erase, concept_of))
+        else:
+            sets = stream_sets(plan, concepts.encodings, stream.source, _projection(model, stream, device),
+                               stream.masked, concept_of)
+        out.append(StreamInput(stream, mine, sets))
+    return arch, out
+
+
+def _labels(cs, concept_of: Mapping[str, str]) -> dict[str, str]:
+    return {t: concept_of.get(t.rsplit(" [", 1)[0], t) for t in cs.erase_texts}
+
+
+def _what(stream: Stream) -> str:
+    return "pooled vectors" if stream.source == "pooled" else "text tokens"
+
+
+def _encoded_width(concepts: EncodedConcepts, source: str) -> int | None:
+    if source == "cond":
+        return concepts.width
+    pooled = concepts.encodings.get("", None)
+    return None if pooled is None or pooled.pooled is None else int(pooled.pooled.shape[-1])
+
+
+def _projection(model, stream: Stream, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if stream.projection is None:
+        return None
+    source = EffectiveWeights(model, list(stream.projection_keys))
+    weights = {k: source[k].to(device) for k in stream.projection_keys}
+
+    def project(rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return stream.projection(weights, rows.to(device=device, dtype=torch.float32)).to("cpu")
+
+    return project
+
+
 def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str = "keys and values",
               informax: InformaxPayload | None = None, step: Callable[[int, int], None] | None = None,
               warnings: tuple[str, ...] = (), origin: Mapping[str, Any] | None = None,
@@ -75,7 +191,8 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     concepts = check_concepts(concepts)
     scope_tokens(report_tokens)  # a bad scope fails before any work
     warnings = [*concepts.plan.warnings, *warnings]
-    given, replaced = None, {}
+    given: Mapping[str, object] = {}
+    replaced: dict[str, object] = {}
     if informax is not None:
         if not isinstance(informax, InformaxPayload):
             raise ValueError("informax must come from a ScaPre Informax node")
@@ -84,33 +201,126 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
             log.info("ScaPre Erase: using ScaPre Informax's settings: %s",
                      ", ".join(f"{k}={v!r}" for k, v in replaced.items()))
             config = config.replace(**replaced)
-        given = informax.result
+        given = informax.streams or {"text": informax.result}
     used = {**dict(origin or {}), "seed": config.seed, "precision": config.precision, "edit": edit,
-            "informax": "from ScaPre Informax" if given is not None else "computed here",
+            "informax": "from ScaPre Informax" if given else "computed here",
             "replaced_by_informax": replaced}
-    keys = kv_keys(model, concepts.width, edit)
-    weights = EffectiveWeights(model, keys)
+    arch, inputs = stream_inputs(model, concepts, edit)
+    if not arch.published:
+        warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}. Measured on "
+                        "weights only (the report), not on images: check with ScaPre Compare")
+    if arch.note and any(t.kind == "k" for i in inputs for t in i.targets):
+        warnings.append(f"{arch.name}: {arch.note}")
     device = compute_device(model)
-    entries = model.get_key_patches("diffusion_model.")
-    make_room(device, working_memory(concepts, {k: tuple(entries[k][0][0].shape) for k in keys}, config))
-    builder = ReportBuilder({"erase": concepts.erase, "probe": concepts.probes, "preserve": concepts.preserve},
-                            device=device, tokens=report_tokens)
-    diffs = {}
+    make_room(device, max(_stream_memory(model, item, config) for item in inputs))
+    total = sum(len(i.targets) for i in inputs)
+    diffs: dict[str, torch.Tensor] = {}
+    reports = []
     start = time.perf_counter()
-    for name, change in erase_iter(weights, concepts.erase, config, given, step, device=device, changes=True):
-        original = weights[name]
-        change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
-        builder.add(name, original, original + change)
-        diffs[name] = change
+    done = 0
+    for item in inputs:
+        weights = TargetWeights(model, item.targets)
+        sets = item.sets
+        builder = ReportBuilder({"erase": sets.erase, "probe": sets.probes, "preserve": sets.preserve},
+                                device=device, tokens=report_tokens)
+
+        def progress(i: int, _n: int, offset: int = done) -> None:
+            if step is not None:
+                step(offset + i, total)
+
+        for name, change in erase_iter(weights, sets.erase, config, given.get(item.stream.name), progress,
+                                       device=device, changes=True):
+            original = weights[name]
+            change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
+            builder.add(name, original, original + change)
+            _store(diffs, weights, weights.targets[name], change)
+        done += len(item.targets)
+        reports.append((builder.build(), sets))
     seconds = time.perf_counter() - start
-    report = builder.build(config=config.to_dict(), seconds=seconds, warnings=tuple(warnings),
-                           concept_of=concepts.concept_of(),
-                           info={**concepts.describe(), "edit": edit, "version": __version__,
-                                 "informax": "precomputed" if given is not None else "computed", "used": used})
+    concept_of = {label: c for _, sets in reports for label, c in sets.concept_of.items()}
+    report = combine_reports([r for r, _ in reports], [i.stream.name for i in inputs], config=config.to_dict(),
+                             seconds=seconds, warnings=tuple(warnings), concept_of=concept_of,
+                             info={**concepts.describe(), "edit": edit, "version": __version__,
+                                   "architecture": arch.name, "model_class": type(model.model).__name__,
+                                   "method": arch.method,
+                                   "informax": "precomputed" if given else "computed", "used": used,
+                                   "report_tokens": report_tokens,
+                                   "report_tokens_per_prompt": scope_tokens(report_tokens)})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),
                         edit=edit, version=__version__)
     edited_model = patched_clone(model, diffs, record)
     summary = report.summary()
-    log.info("ScaPre Erase: %d concept(s), %d matrices in %.2f s, mean efficacy %s", summary["concepts"],
-             summary["matrices"], seconds, summary["mean_efficacy"])
+    log.info("ScaPre Erase (%s): %d concept(s), %d matrices in %.2f s, mean efficacy %s", arch.name,
+             summary["concepts"], summary["matrices"], seconds, summary["mean_efficacy"])
     return edited_model, record
+
+
+def _stream_memory(model, item: StreamInput, config: ScaPreConfig) -> int:
+    """:func:`working_memory` of one stream: its own text width and concept sets, its matrices' shapes."""
+    sets = item.sets
+    text = SimpleNamespace(width=sets.erase.dim, erase=sets.erase, probes=sets.probes, preserve=sets.preserve)
+    shapes = weight_shapes_of(model, item.targets)
+    return working_memory(text, shapes, config)
+
+
+def weight_shapes_of(model, targets: list[Target]) -> dict[str, tuple[int, ...]]:
+    entries = model.get_key_patches("diffusion_model.")
+    out = {}
+    for t in targets:
+        shape = tuple(entries[t.key][0][0].shape)
+        out[t.name] = shape if t.rows is None else (t.rows[1] - t.rows[0], *shape[1:])
+    return out
+
+
+def _store(diffs: dict[str, torch.Tensor], weights: TargetWeights, target: Target, change: torch.Tensor) -> None:
+    """Put one matrix's change into the patch of its model weight (a row block of a fused weight)."""
+    if target.rows is None:
+        diffs[target.key] = change
+        return
+    full = diffs.get(target.key)
+    if full is None:
+        full = diffs[target.key] = torch.zeros(weights.full_shape(target.key), dtype=change.dtype)
+    full[target.rows[0]:target.rows[1]] = change
+
+
+def combine_reports(reports: list[EditReport], streams: list[str], *, config, seconds: float, warnings,
+                    concept_of: Mapping[str, str], info) -> EditReport:
+    """One report over every stream: matrices in edit order; a prompt measured on another stream's
+    matrices than its own gets NaN there (its pooled figures are over its own stream's matrices). Prompts of
+    a stream other than the first are labelled with the stream (``"cat [pooled]"``)."""
+    matrices = [m for r in reports for m in r.matrices]
+    prompts = []
+    offset = 0
+    for report, stream in zip(reports, streams, strict=True):
+        n = len(report.matrices)
+        before, after = offset, len(matrices) - offset - n
+        head, tail = (math.nan,) * before, (math.nan,) * after
+        for p in report.prompts:
+            label = p.text if stream == streams[0] else f"{p.text} [{stream}]"
+            concept = p.concept or (concept_of.get(p.text, "") if p.group == "erase" else "")
+            prompts.append(PromptResult(label, p.group, p.efficacy, p.drift, head + p.efficacy_per_matrix + tail,
+                                        head + p.drift_per_matrix + tail, concept))
+        offset += n
+    return EditReport(matrices=tuple(matrices), prompts=tuple(prompts), config=dict(config), info=dict(info),
+                      seconds=seconds, warnings=tuple(warnings))
+
+
+def run_informax(model, concepts: EncodedConcepts, config: ScaPreConfig,
+                 step: Callable[[int, int], None] | None = None) -> InformaxPayload:
+    """Informax row weights and entropy factors of every matrix the edit would change, per stream."""
+    concepts = check_concepts(concepts)
+    _, inputs = stream_inputs(model, concepts)
+    device = compute_device(model)
+    total = sum(len(i.targets) for i in inputs)
+    results, done, keys = {}, 0, []
+    for item in inputs:
+        def progress(i: int, _n: int, offset: int = done) -> None:
+            if step is not None:
+                step(offset + i, total)
+
+        weights = TargetWeights(model, item.targets)
+        results[item.stream.name] = informax_weights(weights, item.sets.erase, config, progress, device=device)
+        keys += list(weights)
+        done += len(item.targets)
+    first = next(iter(results.values()))
+    return InformaxPayload(result=results.get("text", first), config=config, keys=tuple(keys), streams=results)

@@ -1,79 +1,293 @@
-"""Prompts in, encoded concepts out: the model's own CLIP, as CLIPTextEncode encodes
-(COMFY_NOTES (b)); SPEC "Inputs (text side)"."""
+"""Prompts in, encoded concepts out: the model's own text encoder(s), as CLIPTextEncode encodes
+(COMFY_NOTES (b)); SPEC "Inputs (text side)", generalised to every text encoder ComfyUI ships.
+
+A prompt's encoding is kept as the encoder gave it (:class:`Encoding`): the conditioning rows, where each
+encoder's part of them lies (:class:`Segment`: SD3 puts its CLIP tokens before its T5 tokens), each part's
+last word token, how many rows its attention mask marks as real, and the pooled vector. The model-specific
+step (a model's own text projection, which rows it reads) comes later, when the model is known
+(:func:`stream_sets`, called by the edit with the architecture's stream).
+
+Alignment (SPEC "Inputs", per segment): an erase prompt's context is its rows from its last word token to
+the end of the segment; its guide's rows are taken from the guide's last word token, and trimmed to the
+same length. A guide without words (the empty prompt) starts at its start token where the encoder has one
+(CLIP, as published); encoders without a start token (T5, umT5, Qwen's cropped template) start at the
+guide's first token taken twice, so that the concept's last word and its end token both meet the guide's
+end token and padding meets padding. Several segments are aligned one by one; each (prompt, segment) is
+one erase entry with its own last-word vector ``c`` and its own empty vector ``e`` (the empty prompt's end
+token in that segment).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
 from ...scapre_core import ConceptSet
 from ...scapre_core.prompts import PromptPlan
+from .architectures import QWEN_IM_END, ClipLayout, clip_layout
 from .payloads import EncodedConcepts
 
 #: Prompts encoded per text-encoder call. ComfyUI encodes a multi-chunk prompt as a batch of
-#: independent 77-token sequences, so several prompts packed as chunks of one call give the numbers of
+#: independent sequences, so several prompts packed as chunks of one call give the numbers of
 #: separate calls up to rounding (about 2e-6 relative on CPU: batched products round differently),
-#: several times faster.
+#: several times faster. Only for encoders whose prompts all have the same length and whose pooled
+#: output no model reads (ComfyUI returns the first chunk's pooled vector only).
 ENCODE_BATCH = 16
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One encoder's rows in a prompt's conditioning: rows ``start``-``stop`` (``stop`` exclusive),
+    ``visible`` of them marked real by the encoder's attention mask (all when it has none), the absolute
+    row of the last word token (``None``: no word), and whether the encoder puts a start token first."""
+
+    keys: tuple[str, ...]
+    start: int
+    stop: int
+    visible: int
+    last_word: int | None
+    has_start: bool
+
+    @property
+    def label(self) -> str:
+        return "+".join(self.keys)
+
+    def end(self, masked: bool) -> int:
+        return self.start + self.visible if masked else self.stop
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One prompt as the text encoder gave it. ``rows`` holds the conditioning's first rows; its last row
+    repeats up to ``length`` (trailing padding that the encoder zeroes, such as Wan's, is stored once)."""
+
+    rows: torch.Tensor
+    length: int
+    segments: tuple[Segment, ...]
+    pooled: torch.Tensor | None = None
+
+    def with_rows(self, rows: torch.Tensor) -> Encoding:
+        return Encoding(rows, self.length, self.segments, self.pooled)
+
+    def slice(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start``-``stop`` of the full conditioning (repeated rows are views, not copies)."""
+        stored = self.rows.shape[0]
+        head = self.rows[min(start, stored):min(stop, stored)]
+        extra = stop - max(start, stored)
+        if extra <= 0:
+            return head
+        return torch.cat([head, self.rows[-1:].expand(extra, -1)])
+
+    def row(self, index: int) -> torch.Tensor:
+        return self.rows[min(index, self.rows.shape[0] - 1)]
+
+
+def compress_tail(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` without the trailing repeats of its last row (kept once)."""
+    same = (rows[1:] == rows[:-1]).all(dim=1)
+    n = rows.shape[0]
+    while n > 1 and bool(same[n - 2]):
+        n -= 1
+    return rows[:n].clone() if n < rows.shape[0] else rows
+
+
 class PromptEncoder:
-    """Encodes prompts with the user's CLIP as CLIPTextEncode does, up to rounding (once per distinct text)
-    and finds each prompt's last word token from the tokenizer's word ids."""
+    """Encodes prompts with the user's CLIP as CLIPTextEncode does, up to rounding (once per distinct text),
+    and finds each encoder segment's last word token."""
 
     def __init__(self, clip) -> None:
         self.clip = clip
-        self._cache: dict[str, tuple[torch.Tensor, int]] = {}
+        self.layout: ClipLayout = clip_layout(clip)
+        self._cache: dict[str, Encoding] = {}
+        self._has_start = self._start_tokens()
+
+    def _start_tokens(self) -> dict[str, bool]:
+        """Per tokenizer key: does it put a start token before the text (CLIP, Llama) or not (T5)?"""
+        tokens = self.clip.tokenize("a", return_word_ids=True)
+        if self.layout.last_word == "qwen_template":
+            return dict.fromkeys(tokens, False)  # the template before the text is cropped by the encoder
+        return {key: len(chunks[0][0]) > 2 and chunks[0][0][2] == 0 for key, chunks in tokens.items()}
 
     def encode_all(self, texts: list[str], step=None) -> None:
         todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        for start in range(0, len(todo), ENCODE_BATCH):
-            batch = todo[start:start + ENCODE_BATCH]
-            tokens = [self._tokens(text) for text in batch]
-            packed = {name: [chunk for tok, _ in tokens for chunk in tok[name]] for name in tokens[0][0]}
-            cond = self.clip.encode_from_tokens(packed)
-            if isinstance(cond, (tuple, list)):
-                cond = cond[0]
-            cond = cond[0].detach().to(device="cpu", dtype=torch.float32)
-            length = cond.shape[0] // len(batch)
-            if length * len(batch) != cond.shape[0]:
-                raise RuntimeError(f"unexpected conditioning length {cond.shape[0]} for {len(batch)} prompts")
-            for i, (text, (_, last)) in enumerate(zip(batch, tokens, strict=True)):
-                self._cache[text] = (cond[i * length:(i + 1) * length].clone(), last)
+        tokenized = {t: self._tokens(t) for t in todo}
+        done = 0
+        for batch in self._batches(todo, tokenized):
+            self._encode_batch(batch, tokenized)
+            done += len(batch)
             if step is not None:
-                step(min(start + ENCODE_BATCH, len(todo)), len(todo))
+                step(done, len(todo))
 
-    def __call__(self, text: str) -> tuple[torch.Tensor, int]:
+    def _batches(self, todo: list[str], tokenized: dict) -> list[list[str]]:
+        lengths = {t: tuple(len(tok[k][0]) for k in sorted(tok)) for t, (tok, _) in tokenized.items()}
+        packable = not self.layout.pooled and self.layout.last_word == "word_ids" and len(set(lengths.values())) <= 1
+        size = ENCODE_BATCH if packable else 1
+        return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+    def _encode_batch(self, batch: list[str], tokenized: dict) -> None:
+        first = tokenized[batch[0]][0]
+        packed = {name: [chunk for t in batch for chunk in tokenized[t][0][name]] for name in first}
+        out = self.clip.encode_from_tokens(packed, return_pooled=True, return_dict=True)
+        cond = out["cond"][0].detach().to(device="cpu", dtype=torch.float32)
+        pooled = out.get("pooled_output")
+        mask = out.get("attention_mask")
+        length = cond.shape[0] // len(batch)
+        if length * len(batch) != cond.shape[0]:
+            raise RuntimeError(f"unexpected conditioning length {cond.shape[0]} for {len(batch)} prompts")
+        if mask is not None:
+            mask = mask.reshape(-1).to("cpu")
+            mask = mask if mask.shape[0] == cond.shape[0] else None  # a mask of part of the rows: not ours
+        for i, text in enumerate(batch):
+            rows = cond[i * length:(i + 1) * length]
+            visible = None if mask is None else int(mask[i * length:(i + 1) * length].sum())
+            vec = None
+            if pooled is not None and len(batch) == 1:
+                vec = pooled.detach().reshape(-1).to(device="cpu", dtype=torch.float32).clone()
+            segments = self._segments(text, tokenized[text], length, visible)
+            self._cache[text] = Encoding(compress_tail(rows), length, segments, vec)
+
+    def __call__(self, text: str) -> Encoding:
         if text not in self._cache:
             self.encode_all([text])
         return self._cache[text]
 
-    def _tokens(self, text: str) -> tuple[dict, int]:
-        """Tokens for encoding (one 77-token chunk per tokenizer) and the last word token's index."""
+    def _tokens(self, text: str) -> tuple[dict, dict]:
+        """Tokens for encoding (one chunk per tokenizer) and each tokenizer's ``(length, last word)``."""
         tokens = self.clip.tokenize(text, return_word_ids=True)
-        lasts = set()
+        found = {}
         for name, chunks in tokens.items():
             if len(chunks) != 1:
                 raise ValueError(f"prompt {text!r} is longer than the text encoder's context window "
-                                 f"({len(chunks)} chunks of 75 tokens in {name!r}): shorten it")
-            word_positions = [i for i, tok in enumerate(chunks[0]) if len(tok) > 2 and tok[2] > 0]
-            lasts.add(max(word_positions) if word_positions else 0)
-        if len(lasts) != 1:
-            raise ValueError(f"the tokenizers of this CLIP disagree on the words of {text!r}: {sorted(lasts)}")
+                                 f"({len(chunks)} chunks in {name!r}): shorten it")
+            found[name] = (len(chunks[0]), self._last_word(chunks[0]))
         plain = {name: [[tuple(tok[:2]) for tok in chunk] for chunk in chunks] for name, chunks in tokens.items()}
-        return plain, lasts.pop()
+        return plain, found
 
-    def sequences(self, texts, what: str) -> tuple[list[torch.Tensor], list[int]]:
-        seqs, lasts = [], []
-        for text in texts:
-            seq, last = self(text)
-            if last == 0:
-                raise ValueError(f"{what} {text!r} has no word tokens after tokenization; write a word")
-            seqs.append(seq)
-            lasts.append(last)
-        return seqs, lasts
+    def _last_word(self, chunk: list) -> int | None:
+        if self.layout.last_word == "qwen_template":
+            ends = [i for i, tok in enumerate(chunk) if tok[0] == QWEN_IM_END]
+            return ends[1] - 1 if len(ends) >= 2 else None  # the template's second <|im_end|> closes the text
+        words = [i for i, tok in enumerate(chunk) if len(tok) > 2 and tok[2] > 0]
+        return max(words) if words else None
 
+    def _segments(self, text: str, tokenized: tuple[dict, dict], rows: int, visible: int | None
+                  ) -> tuple[Segment, ...]:
+        tokens, found = tokenized
+        groups = self.layout.segments(self.clip, tokens)
+        out, start = [], 0
+        for keys in groups:
+            lengths = {found[k][0] for k in keys}
+            lasts = {found[k][1] for k in keys}
+            if len(lasts) != 1 or len(lengths) != 1:
+                raise ValueError(f"the tokenizers {list(keys)} of this CLIP disagree on the words of {text!r}")
+            count, last = lengths.pop(), lasts.pop()
+            offset = 0
+            if len(groups) == 1 and count > rows:
+                offset = count - rows  # the encoder crops a prefix of its tokens (Qwen's template)
+                count = rows
+            if last is not None:
+                last -= offset
+                if last < 0:
+                    last = None
+            out.append(Segment(keys, start, start + count,
+                               count if visible is None or len(groups) > 1 else min(visible, count),
+                               None if last is None else start + last, self._has_start[keys[0]]))
+            start += count
+        if start != rows:
+            raise RuntimeError(f"{self.layout.description}: the conditioning of {text!r} has {rows} rows but its "
+                               f"tokens account for {start}")
+        return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Alignment into the edit's concept sets
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamSets:
+    """The concept sets one stream's matrices are edited and measured with, and the report's labels."""
+
+    erase: ConceptSet
+    probes: ConceptSet | None
+    preserve: ConceptSet | None
+    concept_of: Mapping[str, str] = field(default_factory=dict)
+
+
+def _guide_tail(guide: Encoding, seg: Segment, masked: bool) -> torch.Tensor:
+    stop = seg.end(masked)
+    if seg.last_word is not None:
+        return guide.slice(seg.last_word, stop)
+    if seg.has_start:
+        return guide.slice(seg.start, stop)
+    return torch.cat([guide.slice(seg.start, seg.start + 1), guide.slice(seg.start, stop)])
+
+
+def _entries(prompt: Encoding, guide: Encoding, empty: Encoding, source: str, masked: bool):
+    """``(label suffix, c, e, X, Y)`` per segment of ``prompt`` aligned with ``guide``."""
+    if source == "pooled":
+        for enc, what in ((prompt, "prompt"), (guide, "guide"), (empty, "empty prompt")):
+            if enc.pooled is None:
+                raise ValueError(f"this text encoder gave no pooled vector for the {what}")
+        yield "", prompt.pooled, empty.pooled, prompt.pooled[None], guide.pooled[None]
+        return
+    multi = len(prompt.segments) > 1
+    for sp, sg, se in zip(prompt.segments, guide.segments, empty.segments, strict=True):
+        x = prompt.slice(sp.last_word, sp.end(masked))
+        y = _guide_tail(guide, sg, masked)
+        t = min(x.shape[0], y.shape[0])
+        e = empty.row(se.start + 1 if se.has_start else se.start)
+        yield (f" [{sp.label}]" if multi else ""), prompt.row(sp.last_word), e, x[:t], y[:t]
+
+
+def _preserve_rows(prompt: Encoding, source: str, masked: bool) -> torch.Tensor:
+    if source == "pooled":
+        return prompt.pooled[None]
+    return torch.cat([prompt.slice(s.last_word, s.end(masked)) for s in prompt.segments])
+
+
+def _set(encodings: Mapping[str, Encoding], texts, guides, preserve, source: str, masked: bool,
+         concept_of: Mapping[str, str]) -> tuple[ConceptSet, dict[str, str]]:
+    empty = encodings[""]
+    vecs, empties, xs, ys, labels, guide_labels, of = [], [], [], [], [], [], {}
+    for text, guide in zip(texts, guides, strict=True):
+        for suffix, c, e, x, y in _entries(encodings[text], encodings[guide], empty, source, masked):
+            vecs.append(c)
+            empties.append(e)
+            xs.append(x)
+            ys.append(y)
+            labels.append(text + suffix)
+            guide_labels.append(guide)
+            of[text + suffix] = concept_of.get(text, text)
+    one_empty = all(torch.equal(e, empties[0]) for e in empties)
+    zs = [_preserve_rows(encodings[p], source, masked) for p in preserve]
+    cs = ConceptSet.from_aligned(torch.stack(vecs), empties[0] if one_empty else torch.stack(empties), xs, ys, zs,
+                                 erase_texts=labels, guide_texts=guide_labels, preserve_texts=list(preserve))
+    return cs, of
+
+
+def stream_sets(plan: PromptPlan, encodings: Mapping[str, Encoding], source: str = "cond",
+                project: Callable[[torch.Tensor], torch.Tensor] | None = None, masked: bool = False,
+                concept_of: Mapping[str, str] | None = None) -> StreamSets:
+    """Erase, probe and preserve sets of one stream: the encodings' ``source`` (``"cond"`` rows or the
+    ``"pooled"`` vector), passed through ``project`` (a model's own row-wise text projection; each distinct
+    row once), with the rows the encoder masks left out when ``masked``."""
+    if project is not None:
+        encodings = {t: _projected(enc, source, project) for t, enc in encodings.items()}
+    concept_of = dict(concept_of or {})
+    erase, of = _set(encodings, plan.prompts, plan.guides, plan.preserve, source, masked, concept_of)
+    common = plan.guides[0] if len(set(plan.guides)) == 1 else ""
+    watched = {}
+    for name, texts in (("probes", plan.probes), ("preserve", plan.preserve)):
+        watched[name] = _set(encodings, texts, [common] * len(texts), (), source, masked, {})[0] if texts else None
+    return StreamSets(erase, watched["probes"], watched["preserve"], of)
+
+
+def _projected(enc: Encoding, source: str, project: Callable[[torch.Tensor], torch.Tensor]) -> Encoding:
+    if source == "pooled":
+        return Encoding(enc.rows, enc.length, enc.segments, project(enc.pooled[None])[0])
+    return enc.with_rows(compress_tail(project(enc.rows)))
 
 
 def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
@@ -84,32 +298,21 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
     encode = PromptEncoder(clip)
     texts = ["", *plan.prompts, *plan.guides, *plan.preserve, *plan.probes]
     encode.encode_all(texts, step)
-
-    empty, _ = encode("")
-    erase_seqs, erase_last = encode.sequences(plan.prompts, "concept prompt")
-    guide_seqs = [encode(g)[0] for g in plan.guides]
-    guide_last = [encode(g)[1] for g in plan.guides]
-    pres_seqs, pres_last = encode.sequences(plan.preserve, "preserve prompt")
-    erase_set = ConceptSet.from_embeddings(
-        erase_seqs, erase_last, guide_seqs, guide_last, empty, pres_seqs, pres_last,
-        erase_texts=plan.prompts, guide_texts=plan.guides, preserve_texts=plan.preserve,
-    )
-    common_guide = plan.guides[0] if len(set(plan.guides)) == 1 else ""
+    encodings = {t: encode(t) for t in dict.fromkeys(texts)}
+    for what, group in (("concept prompt", plan.prompts), ("preserve prompt", plan.preserve),
+                        ("probe", plan.probes)):
+        for text in group:
+            if any(s.last_word is None for s in encodings[text].segments):
+                raise ValueError(f"{what} {text!r} has no word tokens after tokenization; write a word")
+    concept_of = {p: plan.concepts[j] for p, j in zip(plan.prompts, plan.concept_index, strict=True)}
+    sets = stream_sets(plan, encodings, concept_of=concept_of)
     return EncodedConcepts(
-        erase=erase_set,
+        erase=sets.erase,
         plan=plan,
-        probes=_watch_set(encode, plan.probes, common_guide, empty, "probe"),
-        preserve=_watch_set(encode, plan.preserve, common_guide, empty, "preserve prompt"),
-        width=int(empty.shape[-1]),
+        probes=sets.probes,
+        preserve=sets.preserve,
+        width=int(encodings[""].rows.shape[-1]),
         concept_type=concept_type,
+        encodings=encodings,
+        text_encoder=encode.layout.name,
     )
-
-
-def _watch_set(encode: PromptEncoder, texts, guide: str, empty: torch.Tensor, what: str) -> ConceptSet | None:
-    """Watched prompts aligned with the common guide, so the report measures them like erased ones."""
-    if not texts:
-        return None
-    seqs, lasts = encode.sequences(texts, what)
-    guide_seq, guide_last = encode(guide)
-    return ConceptSet.from_embeddings(seqs, lasts, [guide_seq] * len(seqs), [guide_last] * len(seqs), empty,
-                                      erase_texts=texts, guide_texts=[guide] * len(texts))

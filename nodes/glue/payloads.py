@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,10 @@ class EncodedConcepts(_Shared):
     preserve: ConceptSet | None
     width: int
     concept_type: str = ""
+    #: Every prompt as the text encoder gave it (text -> :class:`glue.encode.Encoding`), from which the edit
+    #: builds each model's own contexts; and the text encoder's layout name (``glue.architectures``).
+    encodings: Mapping[str, Any] = field(default_factory=dict)
+    text_encoder: str = ""
 
     def concept_of(self) -> dict[str, str]:
         return {p: self.plan.concepts[j] for p, j in zip(self.plan.prompts, self.plan.concept_index, strict=True)}
@@ -52,6 +56,7 @@ class EncodedConcepts(_Shared):
             "concepts": list(self.plan.concepts), "prompts": list(self.plan.prompts),
             "guides": sorted(set(self.plan.guides)), "preserve": list(self.plan.preserve),
             "probes": list(self.plan.probes), "concept_type": self.concept_type, "text_width": self.width,
+            **({"text_encoder": self.text_encoder} if self.text_encoder else {}),
         }
 
 
@@ -62,6 +67,9 @@ class InformaxPayload(_Shared):
     result: InformaxResult
     config: ScaPreConfig
     keys: tuple[str, ...]
+    #: One result per text stream the model's edited weights read (``glue.architectures``); ``result`` is
+    #: the ``"text"`` stream's.
+    streams: Mapping[str, InformaxResult] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

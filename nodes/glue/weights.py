@@ -1,36 +1,15 @@
-"""A MODEL's cross-attention key/value weights in, an edited clone with patches out (COMFY_NOTES (a))."""
+"""A MODEL's weights in (as it computes with them), an edited clone with patches out (COMFY_NOTES (a)).
+Which weights an edit reads and changes is per architecture: ``glue.architectures``."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 
 import comfy.lora
 import comfy.model_management
 import torch
 
-from ...scapre_core.presets import EDIT_MODES
 from .payloads import MODEL_OPTIONS_KEY, EditRecord
-
-KV_KEY = re.compile(r"^diffusion_model\..*\.attn2\.to_([kv])\.weight$")
-
-
-def kv_keys(model, width: int, edit: str = "keys and values") -> list[str]:
-    """The UNet's cross-attention key/value weights that read a ``width``-wide text embedding."""
-    if edit not in EDIT_MODES:
-        raise ValueError(f"edit must be one of {list(EDIT_MODES)}, got {edit!r}")
-    kinds = EDIT_MODES[edit]
-    entries = model.get_key_patches("diffusion_model.")
-    found = [(k, m.group(1)) for k in entries if (m := KV_KEY.match(k))]
-    if not found:
-        raise ValueError("this model has no cross-attention key/value projections (attn2.to_k / attn2.to_v): "
-                         "ScaPre edits UNet models that read text through cross-attention (SD1.x, SD2.x, SDXL)")
-    widths = sorted({int(entries[k][0][0].shape[-1]) for k, _ in found})
-    keys = [k for k, kind in found if kind in kinds and int(entries[k][0][0].shape[-1]) == width]
-    if not keys:
-        raise ValueError(f"the concepts were encoded {width} wide but this model's cross-attention reads "
-                         f"{widths}: encode the concepts with the CLIP that belongs to this model")
-    return keys
 
 
 class EffectiveWeights(Mapping):

@@ -248,11 +248,13 @@ def test_info_box_survives_reruns(comfy_page):
     assert not _own_problems(comfy_page)
 
 
-@pytest.mark.parametrize("name", ["erase_sd15.json", "erase_sdxl.json"])
+@pytest.mark.parametrize("name", ["erase_sd15.json", "erase_sdxl.json", "erase_flux.json", "erase_wan.json"])
 def test_example_loads_and_matches_schema(comfy_page, comfy_server, name):
-    """Each example opens without missing nodes, and the prompt the frontend builds from it equals the one the
-    test harness builds from the file (so its widgets_values line up with the current node schemas)."""
+    """Each example opens without missing nodes, has its thumbnail, and the prompt the frontend builds from it
+    equals the one the test harness builds from the file (so its widgets_values line up with the current node
+    schemas, ComfyUI's own loaders for Flux and Wan included)."""
     workflow = _example(name)
+    assert (EXAMPLES / name.replace(".json", ".jpg")).is_file()
     alerts = "() => document.body.innerText.split('Invalid workflow').length - 1"  # the schema check's toast
     before = comfy_page.js(alerts)
     comfy_page.load_workflow(workflow)

@@ -1,0 +1,328 @@
+"""The pack on DiT models inside a real ComfyUI (in-process, CPU): Wan, LTX-Video, PixArt (cross-attention,
+ScaPre as published), Flux, Chroma, SD3, Qwen-Image (text-input projection, beyond the paper).
+
+Random-weight models and stand-in text encoders come from ``dit_support.py`` (ComfyUI's own classes at a
+small configuration, real text widths). Each edit is checked against an independent reference: the model's
+own modules compute the contexts from what CLIPTextEncode gives, this file aligns them by the documented
+rule (docs/dit-models.md) with per-encoder facts written out here, and ``scapre_core.erase`` runs on the
+original weights; the edited MODEL must compute with exactly those weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import comfy_support
+import pytest
+
+_HERE = Path(__file__).resolve().parent
+try:
+    import dit_support
+except ImportError:  # --import-mode=importlib
+    _spec = importlib.util.spec_from_file_location("dit_support", _HERE / "dit_support.py")
+    dit_support = importlib.util.module_from_spec(_spec)
+    sys.modules["dit_support"] = dit_support
+    _spec.loader.exec_module(dit_support)
+
+CONCEPTS = "Van Gogh, tabby cat"
+SEED = 3
+
+#: name -> (model_base class, edited keys: a regex, published method?)
+EXPECTED = {
+    "wan": ("WAN21", r"blocks\.\d+\.cross_attn\.[kv]\.weight", True),
+    "ltxv": ("LTXV", r"transformer_blocks\.\d+\.attn2\.to_[kv]\.weight", True),
+    "pixart": ("PixArt", r"blocks\.\d+\.cross_attn\.kv_linear\.weight", True),
+    "flux": ("Flux", r"(txt_in|vector_in\.in_layer)\.weight", False),
+    "chroma": ("Chroma", r"txt_in\.weight", False),
+    "sd3": ("SD3", r"(context_embedder|y_embedder\.mlp\.0)\.weight", False),
+    "qwen": ("QwenImage", r"txt_in\.weight", False),
+    "cosmos2": ("CosmosPredict2", r"blocks\.\d+\.cross_attn\.[kv]_proj\.weight", True),
+}
+
+
+def _pack(c):
+    return sys.modules[c.pack_module().__name__]
+
+
+def _glue(c, name):
+    return sys.modules[f"{c.pack_module().__name__}.nodes.glue.{name}"]
+
+
+def _core(c):
+    return sys.modules[c.pack_module().__name__ + ".scapre_core"]
+
+
+@pytest.fixture(scope="module", params=dit_support.host_models(EXPECTED))
+def dit(request, scapre_nodes):
+    """(name, MODEL, CLIP) of one architecture, loaded once per architecture: every architecture this host's
+    ComfyUI defines (parametrized at collection, so a version without one does not run it rather than skip)."""
+    name = request.param
+    model = dit_support.load_model(name)
+    clip = dit_support.make_clip(dit_support.TEXT_ENCODER_OF[name])
+    yield name, model, clip
+    del model, clip
+    comfy_support.free_models()
+
+
+@pytest.fixture(scope="module")
+def edited(dit, scapre_nodes):
+    """Encode + erase (preset custom) with the pack's nodes; the reference edit from the model's own modules."""
+    name, model, clip = dit
+    c = scapre_nodes
+    (concepts,) = c.run_node("ScaPreConceptEncode", clip=clip, concepts=CONCEPTS, concept_type="object",
+                             expand_templates=False, templates="", guide="", preserve="", probes="a red car")
+    reference = _reference_edit(c, name, model, clip)  # before any edited clone is loaded
+    out = c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="custom", strength=1.0, seed=SEED)
+    return {"concepts": concepts, "model": out[0], "report": out[1], "reference": reference}
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference: contexts from the model's own modules, aligned by hand
+# ------------------------------------------------------------------------------------------------
+
+def _encode(clip, text):
+    """What CLIPTextEncode gives for ``text``: (tokens with word ids, cond [T, d], pooled or None, mask)."""
+    tokens = clip.tokenize(text, return_word_ids=True)
+    plain = {k: [[t[:2] for t in ch] for ch in v] for k, v in tokens.items()}
+    out = clip.encode_from_tokens(plain, return_pooled=True, return_dict=True)
+    pooled = out.get("pooled_output")
+    return tokens, out["cond"][0].float(), None if pooled is None else pooled.reshape(-1).float(), \
+        out.get("attention_mask")
+
+
+def _last_word(chunk):
+    words = [i for i, t in enumerate(chunk) if t[2] > 0]
+    return max(words) if words else None
+
+
+def _segments(name, tokens, cond, mask):
+    """[(rows, last word within them or None, has start token)] per encoder part of ``cond``, by hand."""
+    if name == "sd3":  # CLIP-L/G tokens (77, start token) then T5 tokens (no start token)
+        clip_part, t5 = tokens["l"][0], tokens["t5xxl"][0]
+        return [(cond[:77], _last_word(clip_part), True), (cond[77:], _last_word(t5), False)]
+    if name == "qwen":  # the template before the user's text is cropped; the text ends before <|im_end|>
+        chunk = tokens["qwen25_7b"][0][-cond.shape[0]:]
+        end = next(i for i, t in enumerate(chunk) if t[0] == 151645)
+        return [(cond, end - 1 if end > 0 else None, False)]
+    key = {"wan": "umt5xxl", "flux": "t5xxl"}.get(name, "t5xxl")
+    chunk = tokens[key][0]
+    rows = cond
+    if name == "ltxv":  # the model masks the padding out: rows up to the end token
+        rows = cond[: int(mask.sum())]
+    return [(rows, _last_word(chunk), False)]
+
+
+def _projection(name, model):
+    dm = model.model.diffusion_model
+    modules = {"wan": lambda: dm.text_embedding, "ltxv": lambda: dm.caption_projection,
+               "pixart": lambda: dm.y_embedder.y_proj, "qwen": lambda: dm.txt_norm}
+    return modules[name]() if name in modules else (lambda x: x)
+
+
+def _reference_sets(c, name, model, clip, prompts, guide):
+    """ConceptSets per stream ("text", and "pooled" where the model has a pooled map) built by hand."""
+    import torch
+
+    core = _core(c)
+    project = _projection(name, model)
+    enc = {t: _encode(clip, t) for t in {*prompts, guide, ""}}
+    sets = {}
+    vecs, empties, xs, ys = [], [], [], []
+    with torch.no_grad():
+        seg = {t: [(project(rows.unsqueeze(0))[0], last, start)
+                   for rows, last, start in _segments(name, e[0], e[1], e[3])] for t, e in enc.items()}
+    for p in prompts:
+        for prompt_seg, guide_seg, empty_seg in zip(seg[p], seg[guide], seg[""], strict=True):
+            (x_rows, x_last, _), (g_rows, g_last, g_start), (e_rows, _, e_start) = prompt_seg, guide_seg, empty_seg
+            x = x_rows[x_last:]
+            if g_last is not None:
+                y = g_rows[g_last:]
+            elif g_start:
+                y = g_rows
+            else:
+                y = torch.cat([g_rows[:1], g_rows])
+            t = min(len(x), len(y))
+            vecs.append(x_rows[x_last])
+            empties.append(e_rows[1] if e_start else e_rows[0])
+            xs.append(x[:t])
+            ys.append(y[:t])
+    sets["text"] = core.ConceptSet.from_aligned(torch.stack(vecs), torch.stack(empties), xs, ys)
+    if name in ("flux", "sd3"):
+        pooled = {t: e[2] for t, e in enc.items()}
+        sets["pooled"] = core.ConceptSet.from_aligned(
+            torch.stack([pooled[p] for p in prompts]), pooled[""], [pooled[p][None] for p in prompts],
+            [pooled[guide][None] for _ in prompts])
+    return sets
+
+
+def _reference_edit(c, name, model, clip):
+    """{model key: edited weight} by scapre_core on the original weights and the hand-built contexts."""
+    import re
+
+    import torch
+
+    core = _core(c)
+    presets = sys.modules[c.pack_module().__name__ + ".scapre_core.presets"]
+    config = presets.preset_config("custom", 1.0, SEED)
+    sets = _reference_sets(c, name, model, clip, ["Van Gogh", "tabby cat"], "")
+    pattern = re.compile(EXPECTED[name][1])
+    originals = {k: v[0][0].float().clone() for k, v in model.get_key_patches("diffusion_model.").items()
+                 if pattern.fullmatch(k.removeprefix("diffusion_model."))}
+    out = {}
+    for key, w0 in originals.items():
+        stream = "pooled" if ("vector_in" in key or "y_embedder" in key) else "text"
+        if name == "pixart":
+            half = w0.shape[0] // 2
+            parts = core.erase({f"{key}[k]": w0[:half], f"{key}[v]": w0[half:]}, sets[stream], config)
+            out[key] = torch.cat([parts[f"{key}[k]"], parts[f"{key}[v]"]])
+        else:
+            out[key] = core.erase({key: w0}, sets[stream], config)[key]
+    return originals, out
+
+
+def _live(model, keys):
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model], force_patch_weights=True)
+    sd = model.model.state_dict()
+    return {k: sd[k].detach().float().cpu().clone() for k in keys}
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests
+# ------------------------------------------------------------------------------------------------
+
+def test_architecture_is_recognised(dit, scapre_nodes):
+    name, model, _ = dit
+    arch = _glue(scapre_nodes, "architectures").architecture(model)
+    assert type(model.model).__name__ == EXPECTED[name][0]
+    assert EXPECTED[name][0] in arch.model_classes and arch.published == EXPECTED[name][2]
+
+
+def test_edited_model_equals_scapre_core_on_the_models_contexts(dit, edited):
+    import torch
+
+    originals, reference = edited["reference"]
+    assert reference, "no edited keys found"
+    live = _live(edited["model"], list(reference))
+    for key, want in reference.items():
+        change = (want - originals[key]).norm()
+        assert float(change) > 0, key
+        assert float((live[key] - want).norm() / change) < 2e-4, key
+    assert not torch.equal(live[key], originals[key])
+
+
+def test_only_the_intended_weights_change(dit, edited):
+    import re
+
+    name, model, _ = dit
+    pattern = re.compile(EXPECTED[name][1])
+    diffs = edited["model"].model_options["scapre_edits"][-1].diffs
+    assert diffs and all(pattern.fullmatch(k.removeprefix("diffusion_model.")) for k in diffs)
+    patched = set(edited["model"].patches)
+    assert patched == set(diffs)
+    assert not model.patches  # the input MODEL is untouched
+    if name == "pixart":  # both halves of kv_linear (keys and values) moved
+        for d in diffs.values():
+            half = d.shape[0] // 2
+            assert float(d[:half].abs().max()) > 0 and float(d[half:].abs().max()) > 0
+
+
+def test_report_names_the_architecture_and_method(dit, edited):
+    name, _, _ = dit
+    report = edited["report"]
+    assert report.info["model_class"] == EXPECTED[name][0]
+    erased = report.group("erase")
+    assert erased and all(0.0 <= p.efficacy <= 1.0 for p in erased)
+    assert {p.concept for p in erased} == {"Van Gogh", "tabby cat"}
+    if not EXPECTED[name][2]:
+        assert "beyond the paper" in report.info["method"]
+        assert any("beyond the paper" in w for w in report.warnings)
+    if name in ("flux", "sd3"):
+        assert any(p.text.endswith("[pooled]") for p in erased)
+
+
+def test_lora_round_trip_through_loraloader(dit, edited, scapre_nodes, tmp_path):
+    """ScaPre Save LoRA (exact) loaded back with ComfyUI's LoraLoaderModelOnly on the original model."""
+    import comfy.sd
+    import comfy.utils
+
+    name, model, _ = dit
+    c = scapre_nodes
+    (path,) = c.run_node("ScaPreSaveLoRA", model=edited["model"], filename_prefix=f"loras/dit_{name}", rank=0)
+    full = Path(c.folder_paths.get_output_directory()) / path
+    lora = comfy.utils.load_torch_file(str(full), safe_load=True)
+    loaded, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    diffs = edited["model"].model_options["scapre_edits"][-1].diffs
+    assert set(loaded.patches) == set(diffs)
+    want = _live(edited["model"], list(diffs))
+    got = _live(loaded, list(diffs))
+    for key in diffs:
+        assert float((got[key] - want[key]).norm() / diffs[key].norm()) < 1e-5, key
+
+
+def test_model_save_bakes_the_edit(dit, edited, scapre_nodes):
+    """ComfyUI's own Save Model (ModelSave, the diffusion-model saver) writes the edited weights; the file loads
+    back through UNETLoader's loader as the same architecture with the edit in it."""
+    import comfy.sd
+    import comfy.utils
+
+    name, _, _ = dit
+    c = scapre_nodes
+    c.run_node("ModelSave", model=edited["model"], filename_prefix=f"diffusion_models/dit_{name}")
+    out = Path(c.folder_paths.get_output_directory()) / "diffusion_models"
+    (saved,) = sorted(out.glob(f"dit_{name}_*.safetensors"))
+    diffs = edited["model"].model_options["scapre_edits"][-1].diffs
+    want = _live(edited["model"], list(diffs))
+    if dit_support.MODELS[name][2]:  # detectable at this size: reload as UNETLoader would
+        reloaded = comfy.sd.load_diffusion_model(str(saved))
+        assert type(reloaded.model).__name__ == EXPECTED[name][0]
+        entries = {k: v[0][0] for k, v in reloaded.get_key_patches("diffusion_model.").items()}
+        del reloaded
+    else:  # Chroma's detection assumes full size: read the file's tensors
+        sd = comfy.utils.load_torch_file(str(saved), safe_load=True)
+        entries = {k.removeprefix("model."): v for k, v in sd.items()}
+    for key in diffs:
+        got = entries[key].float()
+        assert float((got - want[key]).norm() / diffs[key].norm()) < 1e-3, key
+    saved.unlink()
+
+
+def test_every_other_comfyui_architecture_is_refused_by_name(scapre_nodes):
+    """Every ``comfy.model_base`` class the pack does not support gets an error naming it and listing what is
+    supported, before any weight is read (a stand-in patcher: only the model's class is looked at)."""
+    import inspect
+    from types import SimpleNamespace
+
+    import comfy.model_base
+
+    c = scapre_nodes
+    arch = _glue(c, "architectures")
+    supported = {name for a in arch.ARCHITECTURES for name in a.model_classes}
+    (concepts,) = c.run_node("ScaPreConceptEncode", clip=dit_support.make_clip("wan"), concepts="Van Gogh",
+                             concept_type="object", expand_templates=False, templates="", guide="")
+    classes = [cls for _, cls in inspect.getmembers(comfy.model_base, inspect.isclass)
+               if issubclass(cls, comfy.model_base.BaseModel) and cls.__module__ == "comfy.model_base"]
+    refused = [cls for cls in classes if cls.__name__ not in supported]
+    assert len(refused) >= 20
+    for cls in refused:
+        model = SimpleNamespace(model=cls.__new__(cls), patches={})
+        with pytest.raises(ValueError) as err:
+            c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="custom", strength=1.0, seed=0)
+        message = str(err.value)
+        assert f"its architecture is {cls.__name__} (" in message and "Supported:" in message and "Wan" in message
+
+
+def test_a_text_encoder_of_another_model_is_refused(dit, scapre_nodes):
+    """LTX-Video with another model's text encoder used to get a width error telling the user to use the model's
+    own CLIP; now every DiT names the text encoder it reads and the one the concepts were encoded with."""
+    name, model, _ = dit
+    c = scapre_nodes
+    other = "wan" if name == "flux" else "flux"
+    (concepts,) = c.run_node("ScaPreConceptEncode", clip=dit_support.make_clip(other), concepts="Van Gogh",
+                             concept_type="object", expand_templates=False, templates="", guide="")
+    with pytest.raises(ValueError, match=rf"this MODEL is .*\({EXPECTED[name][0]}\), which reads .* text, but the "
+                                         r"concepts were encoded with .*(umT5|CLIP-L \+ T5-XXL)"):
+        c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="custom", strength=1.0, seed=0)

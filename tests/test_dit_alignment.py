@@ -1,0 +1,132 @@
+"""The text side of DiT edits without ComfyUI: aligning encoder segments (nodes/glue/encode.py) on hand-built
+encodings, and the architecture table (nodes/glue/architectures.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from comfyui_scapre.nodes.glue import architectures
+from comfyui_scapre.nodes.glue.encode import Encoding, Segment, compress_tail, stream_sets
+from comfyui_scapre.scapre_core import ConceptSet
+from comfyui_scapre.scapre_core.prompts import plan_prompts
+
+
+def _rows(values: list[float], d: int = 2) -> torch.Tensor:
+    """Row i holds values[i] in every column: positions stay readable."""
+    return torch.tensor(values, dtype=torch.float32).unsqueeze(1).repeat(1, d)
+
+
+def _enc(values, segments, pooled=None) -> Encoding:
+    rows = _rows(values)
+    return Encoding(compress_tail(rows), rows.shape[0], tuple(segments), pooled)
+
+
+def test_clip_layout_matches_from_embeddings():
+    """One CLIP segment with a start token: the published alignment, bit for bit."""
+    T = 8
+    plan = plan_prompts("cat, dog")
+    seg = lambda last: Segment(("l",), 0, T, T, last, True)  # noqa: E731
+    enc = {"": _enc([500 + i for i in range(T)], [seg(None)]),
+           "cat": _enc([100 + i for i in range(T)], [seg(2)]),
+           "dog": _enc([200 + i for i in range(T)], [seg(4)])}
+    sets = stream_sets(plan, enc)
+    ref = ConceptSet.from_embeddings([enc["cat"].rows, enc["dog"].rows], [2, 4], [enc[""].rows] * 2, [0, 0],
+                                     enc[""].rows)
+    for a, b in zip(sets.erase.contexts + sets.erase.targets, ref.contexts + ref.targets, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(sets.erase.concept_vecs, ref.concept_vecs)
+    assert torch.equal(sets.erase.empty_vec, ref.empty_vec)
+
+
+def test_encoder_without_start_token_meets_end_with_end():
+    """T5-like: [words, </s>, pad...]. The empty guide [</s>, pad...] is taken from its first token twice, so the
+    last word and the end token both map onto the empty prompt's end token, padding onto padding; e is the
+    empty prompt's end token (row 0)."""
+    T = 6
+    seg = lambda last: Segment(("t5xxl",), 0, T, T, last, False)  # noqa: E731
+    enc = {"": _enc([50, 60, 61, 62, 63, 64], [seg(None)]),
+           "cat": _enc([10, 11, 12, 20, 21, 22], [seg(2)])}
+    sets = stream_sets(plan_prompts("cat"), enc)
+    assert sets.erase.contexts[0][:, 0].tolist() == [12, 20, 21, 22]
+    assert sets.erase.targets[0][:, 0].tolist() == [50, 50, 60, 61]
+    assert sets.erase.empty_vec[0].item() == 50
+    assert sets.erase.concept_vecs[0, 0].item() == 12
+
+
+def test_zeroed_padding_is_stored_once_and_merged_exactly():
+    """Wan: umT5 zeroes the padding, the model's projection maps every zero row to the same vector."""
+    T = 512
+    seg = lambda last: Segment(("umt5xxl",), 0, T, T, last, False)  # noqa: E731
+    words = [0.5, 0.7, 0.9, 1.5]  # three word tokens and </s>
+    enc = {"": _enc([1.3] + [0.0] * (T - 1), [seg(None)]), "cat": _enc(words + [0.0] * (T - 4), [seg(2)])}
+    assert enc["cat"].rows.shape[0] == 5 and enc["cat"].length == T  # the padding is stored once
+    project = lambda x: 2.0 * x + 1.0  # noqa: E731  (row-wise, like text_embedding)
+    sets = stream_sets(plan_prompts("cat"), enc, project=project)
+    x, y = sets.erase.contexts[0], sets.erase.targets[0]
+    assert x.shape[0] == 3  # last word, </s>, and the 508 padding rows as one merged row
+    full_x = project(_rows(words[2:] + [0.0] * (T - 4)))
+    full_y = project(_rows([1.3, 1.3] + [0.0] * (T - 4)))
+    assert torch.allclose(x.T @ x, full_x.T @ full_x, rtol=1e-6)
+    assert torch.allclose(y.T @ x, full_y.T @ full_x, rtol=1e-6)
+
+
+def test_masked_rows_are_left_out_when_the_model_masks_them():
+    T = 8
+    seg = lambda last, vis: Segment(("t5xxl",), 0, T, vis, last, False)  # noqa: E731
+    enc = {"": _enc([9, 1, 2, 3, 4, 5, 6, 7], [seg(None, 1)]), "cat": _enc([10, 11, 12, 13, 1, 2, 3, 4], [seg(2, 4)])}
+    masked = stream_sets(plan_prompts("cat"), enc, masked=True).erase
+    assert masked.contexts[0][:, 0].tolist() == [12, 13]  # last word and </s>; the padding is masked
+    assert masked.targets[0][:, 0].tolist() == [9, 9]
+    unmasked = stream_sets(plan_prompts("cat"), enc).erase
+    assert unmasked.contexts[0].shape[0] == 6
+
+
+def test_two_segments_give_one_entry_each_with_its_own_empty_vector():
+    """SD3: CLIP rows (start token) then T5 rows (none); each (prompt, segment) is one erase entry."""
+    segs = lambda a, b: [Segment(("l", "g"), 0, 4, 4, a, True), Segment(("t5xxl",), 4, 8, 8, b, False)]  # noqa: E731
+    enc = {"": _enc([100, 101, 102, 103, 200, 201, 202, 203], segs(None, None)),
+           "cat": _enc([0, 1, 2, 3, 10, 11, 12, 13], segs(1, 5))}
+    sets = stream_sets(plan_prompts("cat"), enc)
+    erase = sets.erase
+    assert erase.erase_texts == ("cat [l+g]", "cat [t5xxl]")
+    assert sets.concept_of == {"cat [l+g]": "cat", "cat [t5xxl]": "cat"}
+    assert erase.concept_vecs[:, 0].tolist() == [1, 11]
+    assert erase.empty_vec[:, 0].tolist() == [101, 200]  # the end token of each segment of the empty prompt
+    assert erase.contexts[0][:, 0].tolist() == [1, 2, 3] and erase.targets[0][:, 0].tolist() == [100, 101, 102]
+    assert erase.contexts[1][:, 0].tolist() == [11, 12, 13] and erase.targets[1][:, 0].tolist() == [200, 200, 201]
+
+
+def test_pooled_stream():
+    seg = [Segment(("l",), 0, 2, 2, None, True)]
+    enc = {"": _enc([0, 1], seg, torch.tensor([5.0, 5.0])), "cat": _enc([0, 1], seg, torch.tensor([7.0, 8.0]))}
+    sets = stream_sets(plan_prompts("cat"), enc, source="pooled", project=lambda x: x * 2)
+    assert sets.erase.contexts[0].tolist() == [[14.0, 16.0]]
+    assert sets.erase.targets[0].tolist() == [[10.0, 10.0]]
+    assert sets.erase.empty_vec.tolist() == [10.0, 10.0]
+
+
+def test_every_architecture_names_its_classes_once():
+    seen = [c for a in architectures.ARCHITECTURES for c in a.model_classes]
+    assert len(seen) == len(set(seen))
+    assert not set(seen) & set(architectures.REFUSED)
+    for arch in architectures.ARCHITECTURES:
+        assert arch.clip_layouts and all(name in architectures.CLIP_LAYOUTS for name in arch.clip_layouts)
+
+
+def test_unknown_model_is_refused_with_its_class_and_the_list():
+    class SVD_img2vid:
+        pass
+
+    model = type("Patcher", (), {"model": SVD_img2vid()})()
+    with pytest.raises(ValueError, match=r"SVD_img2vid \(its cross-attention reads CLIP-vision.*Supported:.*Wan"):
+        architectures.architecture(model)
+
+
+def test_joint_models_accept_only_keys_and_values():
+    flux = next(a for a in architectures.ARCHITECTURES if "Flux" in a.model_classes)
+    shapes = {"diffusion_model.txt_in.weight": (3072, 4096), "diffusion_model.vector_in.in_layer.weight": (3072, 768)}
+    targets = architectures.edit_targets(None, flux, "keys and values", shapes)
+    assert [(t.key, t.stream) for t in targets] == [("diffusion_model.txt_in.weight", "text"),
+                                                  ("diffusion_model.vector_in.in_layer.weight", "pooled")]
+    with pytest.raises(ValueError, match="use edit 'keys and values'"):
+        architectures.edit_targets(None, flux, "values only", shapes)
