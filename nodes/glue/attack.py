@@ -351,11 +351,12 @@ def run_attack(original, edited, clip, vae, concepts: Sequence[str], concept_typ
         prompt = fill(template, concept)
         plain_cond = encode(clip, prompt)
         originals = torch.cat([render.decode(render.latent(original, plain_cond, sd)) for sd in eval_seeds])
+        if s.method == SOFT:  # the search's training images, while the original model is loaded
+            train_seeds = [(s.seed + TRAIN_SEED_OFFSET + i) % 2**64 for i in range(s.targets)]
+            targets = torch.cat([render.latent(original, plain_cond, sd) for sd in train_seeds])
         plain = torch.cat([render.decode(render.latent(edited, plain_cond, sd)) for sd in eval_seeds])
         attacks: list[tuple[str, list]] = []
         if s.method == SOFT:
-            train_seeds = [(s.seed + TRAIN_SEED_OFFSET + i) % 2**64 for i in range(s.targets)]
-            targets = torch.cat([render.latent(original, plain_cond, sd) for sd in train_seeds])
             template_cond, slots = soft_template(clip, template, s.tokens)
             base = template_cond[0][0][0].detach().float().cpu()
             build = SoftPrompt(base, torch.tensor(slots))
