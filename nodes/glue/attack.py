@@ -4,7 +4,8 @@
   forward process) and ``model.model.apply_model`` after ``load_models_gpu`` (the edit's patches applied), run with
   gradients to the conditioning. ComfyUI executes nodes under ``torch.inference_mode()``, and weights loaded there
   are inference tensors, which autograd may not save; those are cloned once per attack (normal tensors, same
-  values) and passed through ``torch.func.functional_call``, so the shared module is never written to.
+  values) and passed through ``torch.func.functional_call``, which swaps them in for the duration of each call
+  and puts the module's own tensors back (no value of the shared module ever changes).
 * :func:`soft_template` / :func:`neighbours` / :func:`encode`: the text side with the user's CLIP.
 * :func:`run_attack`: sample the original's and the plain edit's images, search, sample the attacked images and
   measure recovery (``scapre_core.evaluation.recovery``).
