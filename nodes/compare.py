@@ -107,8 +107,16 @@ def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str,
 def _attack_figures(records: list[dict], notes: tuple[str, ...]) -> dict:
     """Recovery per attack variant kind (``scapre_core.evaluation.recovery``: a variant escaped the edit when its
     change is at most half the mean change of its concept's plain prompts)."""
-    rows = recovery.variant_records([r for r in records if "variant" in r])
-    return {"escaped": recovery.summarize_attack(rows, key="escaped"),
+    variant = [r for r in records if "variant" in r]
+    rows = recovery.variant_records(variant)
+    classifiers: dict = {}
+    for name in (clf.IMAGENET, clf.NUDENET):
+        for group in dict.fromkeys(r["variant"] for r in variant):
+            got = [r for r in variant if r["variant"] == group and r.get(f"{name}_edited") is not None]
+            if got:  # imagenet: share of images whose top-1 is the concept; nudenet: exposed parts per image
+                classifiers.setdefault(name, {})[group] = {
+                    side: sum(r[f"{name}_{side}"] for r in got) / len(got) for side in ("original", "edited")}
+    return {"escaped": recovery.summarize_attack(rows, key="escaped"), "classifiers": classifiers,
             "definition": f"escaped: a variant prompt's image changed at most {recovery.SHARE:g} x the mean change "
                           "of its concept's plain prompts (the edit barely touched that phrasing)",
             "notes": list(notes)}
@@ -179,6 +187,9 @@ def _table(result: dict[str, Any]) -> str:
         for group, e in attack["escaped"].items():
             lines.append(f"| {group} | {_fmt(e['rate'])} | [{_fmt(e['lo'])}, {_fmt(e['hi'])}] | {e['n']} of "
                          f"{e['images']} | {_fmt(e.get('mean_change'))} |")
+        for name, groups in attack.get("classifiers", {}).items():
+            lines.append(f"{name} per variant: " + "; ".join(
+                f"{g} edited {_fmt(v['edited'])} (original {_fmt(v['original'])})" for g, v in groups.items()))
         lines += [*(f"> {n}" for n in attack["notes"]), ""]
     lines += ["| kind | prompt | concept | change |" + (" clip cosine |" if clip else ""),
               "|---|---|---|---:|" + ("---:|" if clip else "")]
