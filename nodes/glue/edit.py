@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+import comfy.model_management
+import torch
 
 from ...scapre_core import ScaPreConfig, __version__, erase_iter
-from ...scapre_core.report import ReportBuilder
+from ...scapre_core.concepts import ConceptSet
+from ...scapre_core.report import REPORT_TOKENS, ReportBuilder
+from ...scapre_core.solve import CONCEPT_BLOCK
 from .payloads import EditRecord, EncodedConcepts, InformaxPayload
 from .weights import EffectiveWeights, compute_device, kv_keys, patched_clone
 
@@ -20,6 +25,37 @@ def check_concepts(concepts) -> EncodedConcepts:
     if not isinstance(concepts, EncodedConcepts):
         raise ValueError("concepts must come from a ScaPre Concept Encode node")
     return concepts
+
+
+def _tokens(cs: ConceptSet | None) -> int:
+    return 0 if cs is None else sum(int(c.shape[0]) for c in cs.contexts) + sum(int(g.shape[0]) for g in cs.guides)
+
+
+def working_memory(concepts: EncodedConcepts, shapes: Mapping[str, tuple[int, ...]], config: ScaPreConfig) -> int:
+    """Bytes the edit and its report hold on the compute device at once (an estimate on the high side):
+    the text side (contexts twice, a few ``d x d`` bases), the largest matrix's working copies, the
+    Informax draws and activations, one block of the data term and a few blocks of the report."""
+    d = concepts.width
+    rows = max((int(s[0]) for s in shapes.values()), default=0)
+    erase = concepts.erase
+    draws = erase.num_concepts * max(config.entropy_samples, 2 * config.mi_samples)
+    floats = (
+        3 * _tokens(erase) * d + _tokens(concepts.probes) * d + _tokens(concepts.preserve) * d  # text, both sides
+        + 4 * d * d  # eigenbasis, preserve Gram, SVD factors
+        + 10 * rows * d  # W0, its change, right-hand side, solved rows, products in the eigenbasis
+        + draws * (d + rows)  # Informax/entropy: noisy concept vectors and their activations
+        + 2 * rows * CONCEPT_BLOCK * 77  # one block of the data term
+        + 6 * rows * REPORT_TOKENS  # one block of the report
+    )
+    return 4 * floats * (2 if config.precision == "float64" else 1)
+
+
+def make_room(device: torch.device, memory_required: int) -> None:
+    """Ask ComfyUI to unload models from ``device`` until ``memory_required`` bytes are free, as its own
+    nodes do before GPU work (``comfy.model_management.free_memory``); nothing to do on the CPU."""
+    if device.type == "cpu":
+        return
+    comfy.model_management.free_memory(memory_required, device)
 
 
 def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str = "keys and values",
@@ -46,6 +82,8 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     keys = kv_keys(model, concepts.width, edit)
     weights = EffectiveWeights(model, keys)
     device = compute_device(model)
+    entries = model.get_key_patches("diffusion_model.")
+    make_room(device, working_memory(concepts, {k: tuple(entries[k][0][0].shape) for k in keys}, config))
     builder = ReportBuilder({"erase": concepts.erase, "probe": concepts.probes, "preserve": concepts.preserve},
                             device=device)
     diffs = {}
