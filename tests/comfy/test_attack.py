@@ -205,32 +205,3 @@ def test_attack_prompts_feed_compare_with_recovery_per_kind(scapre_nodes, infere
     assert escaped["all"]["images"] == 5
     assert "### attack prompts" in out[2]
 
-
-def test_command_line_attack_on_a_lora(scapre_nodes, cat_edit, sd15_ckpt_path, comfy_path, comfy_python, tmp_path):
-    """``python -m comfyui-scapre attack``: the checkpoint and a ScaPre LoRA loaded in a fresh process, the concepts
-    read from the LoRA, one search step; the results, images and found conditioning are written."""
-    import os
-    import subprocess
-
-    from safetensors import safe_open
-
-    _, edited = cat_edit
-    export = _pack(scapre_nodes, "nodes.glue.export")
-    lora = tmp_path / "no_cat.safetensors"
-    export.write_lora(lora, (edited.model_options["scapre_edits"][-1],))
-    folder = tmp_path / "custom_nodes"
-    comfy_support.make_pack_link(folder)
-    out = tmp_path / "attack"
-    args = ["attack", str(sd15_ckpt_path), "--edit", str(lora), "--method", "soft", "--tokens", "2", "--steps", "1",
-            "--train-images", "1", "--images", "1", "--sample-steps", "1", "--cfg", "1", "--width", "64", "--height",
-            "64", "--cpu", "--out", str(out), "-q"]
-    result = subprocess.run([comfy_python, "-m", comfy_support.PACK_LINK_NAME, *args], cwd=folder, capture_output=True,
-                            text=True, timeout=1200, env=dict(os.environ, COMFYUI_PATH=str(comfy_path)))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "| soft tokens |" in result.stdout and "counted image(s); wrote" in result.stdout
-    data = json.loads((out / "attack.json").read_text())
-    assert data["concepts"] == ["cat"] and data["search"]["cat"]["steps"] == 1
-    assert len(list((out / "images").glob("*.png"))) == 4  # original | plain edit, original | attacked
-    with safe_open(str(out / "attack.safetensors"), "pt") as f:
-        assert f.get_tensor("conditioning/0").shape == (1, 77, 768)
-        assert f.get_tensor("cat/soft_tokens").shape == (2, 768)
