@@ -14,6 +14,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..scapre_core import __version__
 from ..scapre_core.attack_prompts import ATTACK_KINDS, PLAIN
 from ..scapre_core.attacks import parse_strengths
 from ..scapre_core.prompts import CONCEPT_TYPES, split_items
@@ -175,8 +176,8 @@ class ScaPreAttack(io.ComfyNode):
         result["conditionings"] = outcome.labels
         path = _next_path("attack", ".json")
         tensors = path.with_suffix(".safetensors")
-        comfy.utils.save_torch_file(outcome.tensors, str(tensors), metadata={"scapre.attack": json.dumps(
-            {k: v for k, v in result.items() if k not in ("records",)}, default=str)})
+        comfy.utils.save_torch_file(outcome.tensors, str(tensors),
+                                    metadata=glue.attack_metadata(__version__, outcome.labels, result))
         result["file"] = f"{OUTPUT_SUBFOLDER}/{path.name}"
         result["tensors"] = f"{OUTPUT_SUBFOLDER}/{tensors.name}"
         path.write_text(json.dumps(result, indent=1, allow_nan=False), encoding="utf-8")

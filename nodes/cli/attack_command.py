@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...scapre_core import __version__
 from ...scapre_core.attack_prompts import ATTACK_KINDS, PLAIN, VARIANT_KINDS, attack_variants, word_lists
 from ...scapre_core.attacks import parse_strengths
 from ...scapre_core.evaluation import recovery
@@ -388,7 +389,7 @@ def run(job: AttackJob, quiet: bool = False) -> list[str]:
     tensors = {f"conditioning/{i}": c[0][0].contiguous() for i, c in enumerate(outcome.conditionings)}
     tensors.update(outcome.tensors)
     comfy.utils.save_torch_file(tensors, str(job.out / "attack.safetensors"),
-                                metadata={"scapre.conditionings": json.dumps(outcome.labels)})
+                                metadata=glue.attack_metadata(__version__, outcome.labels, result))
     (job.out / "attack.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False), encoding="utf-8")
     text = glue.markdown(result)
     (job.out / "attack.md").write_text(text + "\n", encoding="utf-8")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from ...scapre_core.evaluation import classifiers as clf
 from ...scapre_core.evaluation import measures, recovery
 from ...scapre_core.prompts import PLACEHOLDER
 from .encode import PromptEncoder
+from .payloads import METADATA_KEY, PACK_NAME
 
 log = logging.getLogger("comfyui-scapre")
 
@@ -444,6 +446,21 @@ def summarize(records: list[dict[str, Any]], settings: AttackSettings, template:
                 side: recovery.rate([bool(r[f"{name}_{side}"]) for r in rows])
                 for side in ("original", "edited", "attacked")}
     return result
+
+
+#: The ``format`` of the ``scapre`` metadata entry in an attack's ``.safetensors`` (found vectors, conditionings).
+ATTACK_FORMAT = "scapre-attack/1"
+
+
+def attack_metadata(version: str, labels: Sequence[str], result: dict[str, Any] | None = None) -> dict[str, str]:
+    """Safetensors metadata of an attack's tensors: the pack's one ``scapre`` entry (README "What a saved file
+    records"), a JSON object with ``format`` ``scapre-attack/1``, ``pack``, ``version``, the ``conditionings``'
+    labels in the order of the CONDITIONING list and, when given, the result without its per-image records."""
+    entry: dict[str, Any] = {"format": ATTACK_FORMAT, "pack": PACK_NAME, "version": version,
+                             "conditionings": list(labels)}
+    if result is not None:
+        entry["result"] = {k: v for k, v in result.items() if k != "records"}
+    return {METADATA_KEY: json.dumps(entry, default=str)}
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ def test_command_line_attack_on_a_lora(sd15_ckpt_path, comfy_path, comfy_python,
     lora = tmp_path / "no_cat.safetensors"
     g = torch.Generator().manual_seed(0)
     save_file({f"{KEY}.diff": (0.5 * torch.randn(320, 768, generator=g)).half()}, str(lora),
-              metadata={"scapre.concepts": json.dumps(["cat"])})
+              metadata={"scapre": json.dumps({"format": "scapre-metadata/1", "concepts": ["cat"]})})
     folder = tmp_path / "custom_nodes"
     comfy_support.make_pack_link(folder)
     out = tmp_path / "attack"
@@ -40,3 +40,6 @@ def test_command_line_attack_on_a_lora(sd15_ckpt_path, comfy_path, comfy_python,
     with safe_open(str(out / "attack.safetensors"), "pt") as f:
         assert f.get_tensor("conditioning/0").shape == (1, 77, 768)
         assert f.get_tensor("cat/soft_tokens").shape == (2, 768)
+        entry = json.loads(f.metadata()["scapre"])
+    assert entry["format"] == "scapre-attack/1" and entry["conditionings"] == ["cat | soft tokens"]
+    assert entry["result"]["recovery"]["soft tokens"]["images"] == 1
