@@ -113,3 +113,31 @@ def test_soft_search_is_deterministic_for_a_seed(world):
     c, _ = soft_search(world, world.unet, templates, targets, which, "input", 5, seed=4)
     assert torch.equal(a, b) and found_a.losses == found_b.losses
     assert not torch.equal(a, c)
+
+
+def test_the_benchmark_saves_each_part_and_a_rerun_redoes_only_what_changed(world, tmp_path, monkeypatch):
+    """``run_world`` on the tiny world with a tiny budget: every (set, method) saved as it finishes; a rerun with
+    the same settings runs nothing and returns the same figures; a changed preset config is measured again, alone."""
+    settings = ab.Settings(seeds=(0,), images=1, steps=2, guidance=7.0, search_steps=2, train_seeds=(1000,),
+                           attacks=("plain", "soft", "vector x2"))
+    judge = ColourJudge()
+    first = ab.run_world(world, judge, "tiny", ["1 colour"], ["uce"], settings, tmp_path)
+    assert set(first["1 colour"]) == {"unedited", "uce"}
+    assert first["1 colour"]["unedited"]["attacks"]["plain"]["rate"] == 1.0
+    for method in ("unedited", "uce"):
+        assert ab.part_path(tmp_path, "tiny", "1 colour", method).is_file()
+    ran = []
+    real_run_unit = ab.run_unit
+
+    def counting(world_, judge_, state, set_name, method, s):
+        ran.append(method)
+        return real_run_unit(world_, judge_, state, set_name, method, s)
+
+    monkeypatch.setattr(ab, "run_unit", counting)
+    again = ab.run_world(world, judge, "tiny", ["1 colour"], ["uce"], settings, tmp_path)
+    assert ran == [] and again == first
+    real_config = ab.method_config
+    monkeypatch.setattr(ab, "method_config",
+                        lambda m: real_config(m) if m != "uce" else real_config(m).replace(erase_scale=2.0))
+    ab.run_world(world, judge, "tiny", ["1 colour"], ["uce"], settings, tmp_path)
+    assert ran == ["uce"]
