@@ -25,6 +25,7 @@ CATEGORY = "ScaPre"
 Concepts = io.Custom("SCAPRE_CONCEPTS")
 Informax = io.Custom("SCAPRE_INFORMAX")
 Report = io.Custom("SCAPRE_REPORT")
+AttackPrompts = io.Custom("SCAPRE_ATTACK_PROMPTS")
 
 
 # Widget ranges for ScaPreConfig fields (tooltips come from FIELD_HELP).

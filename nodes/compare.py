@@ -20,8 +20,10 @@ import torch
 from comfy_api.latest import io
 
 from ..scapre_core.evaluation import classifiers as clf
-from ..scapre_core.evaluation import measures
-from .common import CATEGORY, Concepts, log
+from ..scapre_core.evaluation import measures, recovery
+from ..scapre_core.prompts import normalize
+from .common import CATEGORY, AttackPrompts, Concepts, log
+from .glue.attack import AttackPromptSet
 from .glue.payloads import EncodedConcepts
 from .grid import GridRow, render_pages
 
@@ -71,7 +73,12 @@ class _Sampler:
         return image[..., :3].detach().float().clamp(0, 1).cpu()
 
 
-def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str) -> list[measures.ComparePrompt]:
+ATTACK = "attack"
+
+
+def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str,
+                    attack_prompts=None) -> tuple[list[measures.ComparePrompt], dict[str, str]]:
+    """The prompts to sample, and the attack variant kind of every prompt that is one (by normalized prompt)."""
     erased, kept, concept_type = (), (), "object"
     if concepts is not None:
         if not isinstance(concepts, EncodedConcepts):
@@ -80,10 +87,39 @@ def _gather_prompts(concepts, erased_prompts: str, kept_prompts: str) -> list[me
         kept = (*concepts.plan.probes, *concepts.plan.preserve)
         concept_type = concepts.concept_type or "object"
     items = measures.compare_prompts(erased, kept, concept_type, erased_prompts or "", kept_prompts or "")
+    variants: dict[str, str] = {}
+    if attack_prompts is not None:
+        if not isinstance(attack_prompts, AttackPromptSet):
+            raise ValueError("attack_prompts must come from a ScaPre Attack Prompts node")
+        present = {normalize(i.prompt) for i in items}
+        for v in attack_prompts.variants:
+            key = normalize(v.prompt)
+            variants.setdefault(key, v.kind)
+            if key not in present:  # plain variants are usually the erased prompts already
+                present.add(key)
+                items.append(measures.ComparePrompt(v.prompt, ATTACK, v.concept))
     if not items:
         raise ValueError("nothing to compare: connect concepts from ScaPre Concept Encode, or type erased or kept "
                          "prompts (one per line)")
-    return items
+    return items, variants
+
+
+def _attack_figures(records: list[dict], notes: tuple[str, ...]) -> dict:
+    """Recovery per attack variant kind (``scapre_core.evaluation.recovery``: a variant escaped the edit when its
+    change is at most half the mean change of its concept's plain prompts)."""
+    variant = [r for r in records if "variant" in r]
+    rows = recovery.variant_records(variant)
+    classifiers: dict = {}
+    for name in (clf.IMAGENET, clf.NUDENET):
+        for group in dict.fromkeys(r["variant"] for r in variant):
+            got = [r for r in variant if r["variant"] == group and r.get(f"{name}_edited") is not None]
+            if got:  # imagenet: share of images whose top-1 is the concept; nudenet: exposed parts per image
+                classifiers.setdefault(name, {})[group] = {
+                    side: sum(r[f"{name}_{side}"] for r in got) / len(got) for side in ("original", "edited")}
+    return {"escaped": recovery.summarize_attack(rows, key="escaped"), "classifiers": classifiers,
+            "definition": f"escaped: a variant prompt's image changed at most {recovery.SHARE:g} x the mean change "
+                          "of its concept's plain prompts (the edit barely touched that phrasing)",
+            "notes": list(notes)}
 
 
 def _classifier_plan(mode: str, concepts, items) -> tuple[list[str], list[str]]:
@@ -144,10 +180,22 @@ def _table(result: dict[str, Any]) -> str:
     if result.get("notes"):
         lines.append("")
     clip = any("clip_cosine" in p for p in result["prompts"])
+    attack = result.get("attack")
+    if attack:
+        lines += ["### attack prompts", "", f"> {attack['definition']}", "",
+                  "| variant | escaped | 95 % interval | images counted | mean change |", "|---|---:|---|---:|---:|"]
+        for group, e in attack["escaped"].items():
+            lines.append(f"| {group} | {_fmt(e['rate'])} | [{_fmt(e['lo'])}, {_fmt(e['hi'])}] | {e['n']} of "
+                         f"{e['images']} | {_fmt(e.get('mean_change'))} |")
+        for name, groups in attack.get("classifiers", {}).items():
+            lines.append(f"{name} per variant: " + "; ".join(
+                f"{g} edited {_fmt(v['edited'])} (original {_fmt(v['original'])})" for g, v in groups.items()))
+        lines += [*(f"> {n}" for n in attack["notes"]), ""]
     lines += ["| kind | prompt | concept | change |" + (" clip cosine |" if clip else ""),
               "|---|---|---|---:|" + ("---:|" if clip else "")]
     for p in sorted(result["prompts"], key=lambda p: (p["kind"], -p["change"])):
-        row = f"| {p['kind']} | {p['prompt']} | {p.get('concept', '')} | {_fmt(p['change'])} |"
+        kind = p["kind"] + (f"/{p['variant']}" if p.get("variant") else "")
+        row = f"| {kind} | {p['prompt']} | {p.get('concept', '')} | {_fmt(p['change'])} |"
         if clip:
             row += f" {_fmt(p.get('clip_cosine'))} |"
         lines.append(row)
@@ -220,6 +268,10 @@ class ScaPreCompare(io.ComfyNode):
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Optional CLIP vision model (Load CLIP Vision): adds the cosine of the "
                                             "two images' embeddings per prompt (1: same content)."),
+                AttackPrompts.Input("attack_prompts", optional=True,
+                                    tooltip="Optional, from ScaPre Attack Prompts: the erased concepts asked for in "
+                                            "other words, sampled too; the table gives per variant kind how often "
+                                            "the edit barely changed them (the concept escaped)."),
             ],
             outputs=[
                 io.Image.Output("grid", display_name="grid",
@@ -237,11 +289,11 @@ class ScaPreCompare(io.ComfyNode):
     @classmethod
     def execute(cls, original, edited, clip, vae, erased_prompts, kept_prompts, seed, images_per_prompt, steps,
                 cfg, sampler_name, scheduler, width, height, classifiers="auto", concepts=None,
-                clip_vision=None) -> io.NodeOutput:
+                clip_vision=None, attack_prompts=None) -> io.NodeOutput:
         for name, value in (("original", original), ("edited", edited), ("clip", clip), ("vae", vae)):
             if value is None:
                 raise ValueError(f"{name} is not connected")
-        items = _gather_prompts(concepts, erased_prompts, kept_prompts)
+        items, variants = _gather_prompts(concepts, erased_prompts, kept_prompts, attack_prompts)
         run, notes = _classifier_plan(classifiers, concepts, items)
         prompts = tuple(i.prompt for i in items)
         settings = (seed, images_per_prompt, steps, float(cfg), sampler_name, scheduler, width, height)
@@ -274,6 +326,8 @@ class ScaPreCompare(io.ComfyNode):
             change = measures.image_change(originals[i], edits[i])
             record = {"prompt": item.prompt, "kind": item.kind, "concept": item.concept,
                       "change": float(change.mean()), "changes": [float(c) for c in change]}
+            if normalize(item.prompt) in variants:
+                record["variant"] = variants[normalize(item.prompt)]
             if clip_vision is not None:
                 a = clip_vision.encode_image(originals[i])["image_embeds"]
                 b = clip_vision.encode_image(edits[i])["image_embeds"]
@@ -281,17 +335,20 @@ class ScaPreCompare(io.ComfyNode):
             _classify(run, record, item, originals[i], edits[i])
             records.append(record)
 
-        summary = measures.summarize(records)
+        summary = measures.summarize([r for r in records if r["kind"] != ATTACK])
         result = {"erasure": summary["erasure"], "retention": summary["retention"], "gap": summary["gap"],
                   "prompts": records, "per_kind": summary["per_kind"], "per_concept": summary["per_concept"],
                   "classifiers": clf.summarize_classifiers(records), "notes": notes,
                   "settings": {"seed": seed, "images_per_prompt": images_per_prompt, "steps": steps, "cfg": cfg,
                                "sampler_name": sampler_name, "scheduler": scheduler, "width": width,
                                "height": height, "measure": "change = clip(1 - SSIM, 0, 1)"}}
+        if attack_prompts is not None:
+            result["attack"] = _attack_figures(records, attack_prompts.notes)
         result = _finite(result)
         result["file"] = _save_json(result)
         table = _table(result)
-        rows = [GridRow(f"{r['kind']} | {r['prompt']} | change {r['change']:.3f}", originals[i], edits[i])
+        rows = [GridRow(f"{r['kind']}{'/' + r['variant'] if r.get('variant') else ''} | {r['prompt']} | "
+                        f"change {r['change']:.3f}", originals[i], edits[i])
                 for i, r in enumerate(records)]
         grid, _ = render_pages(rows)
         images = torch.cat([torch.cat([originals[i], edits[i]]) for i in range(len(items))])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .attack import ScaPreAttack, ScaPreAttackPrompts
 from .compare import ScaPreCompare
 from .encode import ScaPreConceptEncode
 from .erase import ScaPreErase, ScaPreEraseSimple, ScaPreInformax, ScaPreSettings
@@ -20,6 +21,8 @@ NODES: list[type[io.ComfyNode]] = [
     ScaPreSaveLoRA,
     ScaPreSaveCheckpoint,
     ScaPreCompare,
+    ScaPreAttackPrompts,
+    ScaPreAttack,
 ]
 
 

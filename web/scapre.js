@@ -280,8 +280,23 @@ export function describeCompare(c) {
             lines.push(`${name} ${what.replace(/_/g, " ")}: ${num(v?.edited)} (original ${num(v?.original)})`);
         }
     }
+    for (const [variant, e] of Object.entries(c.attack?.escaped ?? {})) {
+        lines.push(`attack prompts, ${variant}: escaped ${num(e?.rate)} of ${e?.n ?? 0} image(s)`);
+    }
     for (const note of Array.isArray(c.notes) ? c.notes : []) lines.push(`⚠ ${str(note)}`);
     if (c.file) lines.push(`saved output/${str(c.file)}`);
+    return lines.join("\n");
+}
+
+// ScaPreAttack's ui.scapre_attack (nodes/attack.py)
+export function describeAttack(a) {
+    if (!a || typeof a !== "object") return str(a);
+    const lines = [`${str(a.method)} in "${str(a.template)}"`];
+    for (const [group, e] of Object.entries(a.recovery ?? {})) {
+        lines.push(`${group}: recovered ${num(e?.rate)} (${e?.count ?? 0} of ${e?.n ?? 0} erased image(s))`);
+    }
+    for (const note of Array.isArray(a.notes) ? a.notes : []) lines.push(`⚠ ${str(note)}`);
+    if (a.file) lines.push(`saved output/${str(a.file)}`);
     return lines.join("\n");
 }
 
@@ -289,7 +304,7 @@ export function describeCompare(c) {
 // Registration
 // ------------------------------------------------------------------------------------------------
 
-const SHOW_TEXT = new Set(["ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreReport"]);
+const SHOW_TEXT = new Set(["ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreReport", "ScaPreAttackPrompts"]);
 const ERASE_NODES = new Set(["ScaPreEraseSimple", "ScaPreErase"]); // ScaPre Erase, and its legacy form
 
 app.registerExtension({
@@ -315,6 +330,11 @@ app.registerExtension({
             chain(proto, "onExecuted", function (message) {
                 const result = message?.scapre_compare;
                 setInfo(this, describeCompare(Array.isArray(result) ? result[0] : result));
+            });
+        } else if (id === "ScaPreAttack") {
+            chain(proto, "onExecuted", function (message) {
+                const result = message?.scapre_attack;
+                setInfo(this, describeAttack(Array.isArray(result) ? result[0] : result));
             });
         } else if (SHOW_TEXT.has(id)) {
             chain(proto, "onExecuted", function (message) { setInfo(this, messageText(message)); });

@@ -39,7 +39,8 @@ def program_name() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=program_name(), description="ScaPre concept erasure without the GUI.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{erase,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="{erase,evaluate,attack,attack-prompts,attack-report}")
 
     erase = sub.add_parser("erase", help="erase concepts from a checkpoint; write a checkpoint and/or a LoRA",
                            description="Erase concepts from a checkpoint with ComfyUI's own loader and text encoder.")
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds one image may take before its server counts as stuck (default 1800)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs")
+    from .attack_command import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "erase":
             return _erase(args, prog)
+        if args.command.startswith("attack"):
+            from .attack_command import main as attack_main
+
+            return attack_main(args, prog)
         return _evaluate(args, prog)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no partial file was left", file=sys.stderr)

@@ -39,7 +39,8 @@ def _nodes_of(prompt: dict, class_type: str) -> list[str]:
 def test_pack_nodes_are_served(comfy_server):
     ids = set(comfy_server.node_ids("ScaPre"))
     assert ids == {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreEraseSimple", "ScaPreSettings", "ScaPreErase",
-                   "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreCompare"}
+                   "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreCompare", "ScaPreAttackPrompts",
+                   "ScaPreAttack"}
     for node_id in ("ScaPreEraseSimple", "ScaPreSettings", "ScaPreErase"):
         info = comfy_server.object_info(node_id)[node_id]
         assert info["category"] == "ScaPre" and info["description"]

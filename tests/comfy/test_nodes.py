@@ -16,7 +16,8 @@ import pytest
 log = logging.getLogger("scapre.comfy_tests")
 
 NODE_IDS = {"ScaPreConceptEncode", "ScaPreInformax", "ScaPreEraseSimple", "ScaPreSettings", "ScaPreErase",
-            "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreCompare"}
+            "ScaPreReport", "ScaPreSaveLoRA", "ScaPreSaveCheckpoint", "ScaPreCompare", "ScaPreAttackPrompts",
+            "ScaPreAttack"}
 #: The legacy ScaPreErase node's widgets in the order saved workflows store their values: never change it.
 LEGACY_WIDGETS = ["edit", "variant", "lam", "erase_scale", "preserve_scale", "technique", "p", "mi_temperature",
                   "mi_samples", "noise_sigma", "use_informax", "entropy_samples", "entropy_bins", "mu_from_entropy",
