@@ -14,13 +14,16 @@ from comfy_api.latest import io
 
 from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig, informax_weights
 from ..scapre_core.config import FIELD_HELP
-from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
+from ..scapre_core.presets import DEFAULT_PRESET, EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
 from .glue.edit import check_concepts, run_erase
 from .glue.payloads import InformaxPayload
 from .glue.weights import EffectiveWeights, compute_device, kv_keys
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScaPreConfig))
+#: The legacy node's widgets, frozen in their saved order (fields added to the config later are not shown there and
+#: keep their defaults, so an old workflow's values land on the widgets they were saved from).
+LEGACY_FIELDS = CONFIG_FIELDS[:CONFIG_FIELDS.index("precision") + 1]
 
 Settings = io.Custom("SCAPRE_SETTINGS")
 FIELD_SEED = FIELD_HELP["seed"]
@@ -93,6 +96,12 @@ def _erase_output(model, concepts, settings: EraseSettings, informax, node_id) -
 
 
 _PRESET_HELP = "; ".join(f"{name}: {PRESETS[name].description}" for name in PRESET_NAMES)
+_PRESET_TOOLTIP = (f"What to run. Default {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].description}. "
+                   f"All: {_PRESET_HELP}.")
+STRENGTH_HELP = ("How far the edit goes (beyond the paper): multiplies the preset's change to the weights. "
+                 "0 = no edit (the model comes back unchanged), 1 = the preset exactly as published, 2 = twice the "
+                 "change; the report's efficacy grows in proportion. Raise it when the report says a concept is "
+                 "likely still drawn; higher forgets more and changes more of the rest.")
 
 
 class ScaPreEraseSimple(io.ComfyNode):
@@ -111,12 +120,10 @@ class ScaPreEraseSimple(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to edit (SD1.x, SD2.x or SDXL UNet)."),
                 Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's CLIP)."),
-                io.Combo.Input("preset", options=list(PRESET_NAMES), default="custom",
-                               tooltip="The authors' published setting for what you erase. " + _PRESET_HELP
-                                       + ". Ignored when settings is connected."),
+                io.Combo.Input("preset", options=list(PRESET_NAMES), default=DEFAULT_PRESET,
+                               tooltip=_PRESET_TOOLTIP + " Ignored when settings is connected."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
-                               tooltip="Multiplies the preset's erase_scale: 1 is the published setting, higher "
-                                       "erases harder and changes more. Ignored when settings is connected."),
+                               tooltip=STRENGTH_HELP + " Ignored when settings is connected."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip=FIELD_SEED + " Ignored when settings is connected (it has its own seed)."),
                 _informax_input(),
@@ -133,7 +140,7 @@ class ScaPreEraseSimple(io.ComfyNode):
         if settings is not None:
             if not isinstance(settings, EraseSettings):
                 raise ValueError("settings must come from a ScaPre Settings node")
-            if (preset, strength, seed) != ("custom", 1.0, 0):
+            if (preset, strength, seed) != (DEFAULT_PRESET, 1.0, 0):
                 log.info("ScaPre Erase: settings connected; preset %r, strength %s and seed %s are not used",
                          preset, strength, seed)
         else:
@@ -183,7 +190,7 @@ class ScaPreErase(io.ComfyNode):
                 Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's CLIP)."),
                 _informax_input(),
                 _edit_input(),
-                *(config_input(name) for name in CONFIG_FIELDS),
+                *(config_input(name) for name in LEGACY_FIELDS),
             ],
             outputs=_erase_outputs(),
             hidden=[io.Hidden.unique_id],

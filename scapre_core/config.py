@@ -65,6 +65,10 @@ FIELD_HELP: dict[str, str] = {
     "alpha_min": "Small variant: least share of the edit each row keeps in the entropy rollback (0.8).",
     "svd_residual": "Small variant: subtract the spectral residual of the concept directions.",
     "seed": "Seed of the Informax and entropy noise; same seed and inputs give the same bits.",
+    "strength": "How far the edit goes (beyond the paper, which has no such dial): the change W - W0 of every "
+    "matrix, after every step of the method, is multiplied by it. 0 = no edit (the weights come back unchanged), "
+    "1 = the configured edit exactly (a preset's published edit), 2 = twice its change; efficacy grows in proportion. "
+    "Above 1 it undoes what the Bures step and the rollbacks hold back, then goes further.",
     "precision": "Arithmetic of the edit: float32 (default; equals the float64 edit to about 1e-6 of the edit) "
     "or float64 (same result, slower; much slower on consumer GPUs). Weights keep their own dtype.",
 }
@@ -106,6 +110,7 @@ class ScaPreConfig:
     seed: int = 0
     mi_estimator: str = "sampled"
     precision: str = "float32"
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -190,6 +195,7 @@ def _validate(cfg: ScaPreConfig) -> None:
     _real(cfg, "t_sigma", 0.0, open_low=True)
     _real(cfg, "p_sigma", 0.0)
     _real(cfg, "alpha_min", 0.0, 1.0)
+    _real(cfg, "strength", 0.0)
     _integer(cfg, "mi_samples", 1)
     _integer(cfg, "entropy_samples", 1)
     _integer(cfg, "entropy_bins", 2)

@@ -88,10 +88,17 @@ def _iter_matrices(
 
 
 def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
-    """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``.
+    """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``, multiplied by
+    ``config.strength`` (not at all at strength 1, so that the published edit is computed exactly as without it).
 
     Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
     from per-row float64 scalars), so that it is accurate relative to itself, not to the weight."""
+    change = method_change(w0, text, stats, config)
+    return change if config.strength == 1.0 else change * config.strength
+
+
+def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
+    """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength``."""
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
     if config.variant == "uce":
@@ -145,6 +152,16 @@ def erase_iter(
     use_given = informax is not None and (with_weights or with_entropy)
     if use_given:
         informax.check_matches(names, concepts, config)
+    if config.strength == 0:  # no edit: nothing to compute, every matrix comes back as it was
+        for index, name in enumerate(names):
+            source = weights[name].detach()
+            if changes:
+                yield name, torch.zeros(source.shape, dtype=compute_dtype(config), device=source.device)
+            else:
+                yield name, source.clone()
+            if progress is not None:
+                progress(index + 1, len(names))
+        return
     texts = _TextCache(concepts, config)
     with full_precision_matmul():
         for name, w0 in _iter_matrices(weights, names, config, device, progress):

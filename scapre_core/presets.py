@@ -1,8 +1,8 @@
 """The authors' published runs as named configurations (SPEC "Published settings", README
 "Recommended settings").
 
-A preset fixes every field of :class:`ScaPreConfig`; ``strength`` scales its erase term around the
-published value and ``seed`` seeds the Informax/entropy noise, the two knobs a user turns most.
+A preset fixes every field of :class:`ScaPreConfig`; ``strength`` scales its change (0 no edit, 1 the published
+edit exactly) and ``seed`` seeds the Informax/entropy noise, the two knobs a user turns most.
 ``custom`` is the pack's defaults (the ``scale`` variant with ``erase_scale 2``, ``p 2``).
 """
 
@@ -62,19 +62,24 @@ PRESETS: dict[str, Preset] = {
 }
 
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+#: The preset the ScaPre Erase node and the command line start from.
+DEFAULT_PRESET = "custom"
 
 
 def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConfig:
-    """The config of preset ``name`` with ``erase_scale`` multiplied by ``strength`` and the given ``seed``.
+    """The config of preset ``name`` with its ``strength`` multiplied by ``strength`` and the given ``seed``.
 
-    ``strength`` 1 is the published setting, 0 no erase term, 2 twice the published erase scale."""
+    ``strength`` scales the edit's change ``W - W0`` (``ScaPreConfig.strength``): 0 no edit at all, 1 the
+    preset exactly as published (the same config, hence the same bits), 2 twice its change."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
             or strength < 0:
         raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
     base = PRESETS[name].config
-    return base.replace(erase_scale=float(base.erase_scale * strength), seed=seed)
+    if strength == 1:
+        return base.replace(seed=seed)
+    return base.replace(strength=float(base.strength * strength), seed=seed)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from ...scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS
+from ...scapre_core.presets import DEFAULT_PRESET, EDIT_MODES, PRESET_NAMES, PRESETS
 from ...scapre_core.prompts import CONCEPT_TYPES
 
 EXIT_USAGE = 2
@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--out", metavar="FILE.safetensors", help="write the edited checkpoint here")
     erase.add_argument("--lora", metavar="FILE.safetensors", help="write the edit as a LoRA here")
     erase.add_argument("--rank", type=int, default=0, help="LoRA rank: 0 exact (default), r > 0 rank-r factors")
-    erase.add_argument("--preset", choices=PRESET_NAMES, default="custom", metavar="NAME",
+    erase.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, metavar="NAME",
                        help="published setting: " + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
-    erase.add_argument("--strength", type=float, default=1.0, help="multiplies the preset's erase_scale (1)")
+    erase.add_argument("--strength", type=float, default=1.0,
+                       help="how far the edit goes: multiplies the preset's change (0 no edit, 1 as published; 1)")
     erase.add_argument("--seed", type=int, default=0, help="seed of the Informax/entropy noise (0)")
     erase.add_argument("--settings", metavar="FILE.json",
                        help="JSON object of config field names (and 'edit') overriding the preset's values")

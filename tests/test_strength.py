@@ -1,0 +1,113 @@
+"""The strength dial (``ScaPreConfig.strength``, ``preset_config(name, strength)``): 0 is no edit, 1 the published
+edit bit for bit, more moves further along the same change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from comfyui_scapre.scapre_core import ScaPreConfig, erase, erase_iter
+from comfyui_scapre.scapre_core.presets import PRESET_NAMES, PRESETS, preset_config
+from comfyui_scapre.scapre_core.report import ReportBuilder
+from helpers import clip_like_concepts, random_concepts, random_weights
+
+#: Every preset's float64 edit of the inputs below as the code computed it before the strength dial existed
+#: (main at 7d061a6): (Frobenius norm of the change, its inner product with a fixed random matrix).
+BEFORE_STRENGTH = {
+    "custom": (6.4551617712468605, -10.265220714722536),
+    "few-objects": (7.264941607152789, -11.565486298288016),
+    "many-objects": (5.9968153189503015, -6.967875604139373),
+    "artists": (5.917399368227541, -6.472959947008785),
+    "explicit": (10.373089218762985, -19.905992000933182),
+    "uce": (12.906871017962528, -24.06231861060454),
+}
+PAPER_PRESETS = tuple(BEFORE_STRENGTH)
+
+
+def _inputs():
+    cs, _ = random_concepts(m=2, dim=24, length=12, seed=3)
+    w = random_weights({"a.to_k": (40, 24), "b.to_v": (56, 24)}, seed=4, dtype=torch.float64)
+    probe = torch.Generator().manual_seed(9)
+    proj = {k: torch.randn(v.shape, generator=probe, dtype=torch.float64) for k, v in w.items()}
+    return cs, w, proj
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_strength_one_is_the_edit_from_before_the_dial(name):
+    cs, w, proj = _inputs()
+    out = erase(w, cs, preset_config(name, 1.0, seed=5).replace(precision="float64"))
+    norm = sum(float((out[k] - w[k]).pow(2).sum()) for k in w) ** 0.5
+    dot = sum(float(((out[k] - w[k]) * proj[k]).sum()) for k in w)
+    assert (norm, dot) == pytest.approx(BEFORE_STRENGTH[name], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_strength_one_is_the_published_config_and_its_bits(name):
+    published = PRESETS[name].config
+    assert preset_config(name, 1.0, seed=3) == published.replace(seed=3)
+    assert preset_config(name, 1, seed=3).strength == 1.0
+    cs = clip_like_concepts(3, 48, seed=1)
+    w = random_weights({"k": (64, 48), "v": (32, 48)}, seed=2)
+    unscaled = erase(w, cs, published.replace(seed=3))
+    dialled = erase(w, cs, preset_config(name, 1.0, seed=3))
+    assert all(torch.equal(unscaled[k], dialled[k]) for k in w)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_strength_zero_returns_the_weights_unchanged(name, dtype):
+    cs, _ = random_concepts(m=2, dim=16, seed=1)
+    w = random_weights({"k": (24, 16), "v": (8, 16)}, seed=2, dtype=dtype)
+    out = erase(w, cs, preset_config(name, 0.0))
+    assert all(torch.equal(out[k], w[k]) and out[k] is not w[k] for k in w)
+    changes = dict(erase_iter(w, cs, preset_config(name, 0.0), changes=True))
+    assert all(not bool(changes[k].any()) and changes[k].shape == w[k].shape for k in w)
+
+
+def test_strength_zero_reports_progress_and_can_cancel():
+    cs, _ = random_concepts(m=1, dim=16, seed=1)
+    w = random_weights({"a": (8, 16), "b": (8, 16), "c": (8, 16)}, seed=2)
+    seen = []
+
+    def step(done, total):
+        seen.append((done, total))
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        erase(w, cs, ScaPreConfig(strength=0.0), progress=step)
+    assert seen == [(1, 3), (2, 3)]
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_strength_multiplies_the_change(name):
+    cs, w, _ = _inputs()
+    one = erase(w, cs, preset_config(name, 1.0).replace(precision="float64"))
+    for s in (0.5, 2.0, 7.5):
+        out = erase(w, cs, preset_config(name, s).replace(precision="float64"))
+        for k in w:
+            assert torch.allclose(out[k] - w[k], s * (one[k] - w[k]), rtol=1e-12, atol=1e-12), (name, s, k)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_efficacy_grows_with_strength(name):
+    """The report's efficacy of every erased prompt is non-decreasing in strength, from 0 at strength 0."""
+    cs = clip_like_concepts(3, 48, seed=4)
+    w = random_weights({"k": (64, 48), "v": (32, 48)}, seed=5)
+    last = None
+    for s in (0.0, 0.5, 1.0, 2.0, 4.0):
+        builder = ReportBuilder({"erase": cs})
+        for key, edited in erase(w, cs, preset_config(name, s)).items():
+            builder.add(key, w[key], edited)
+        eff = torch.tensor([p.efficacy for p in builder.build().group("erase")])
+        if last is None:
+            assert bool((eff == 0).all())
+        else:
+            assert bool((eff >= last - 1e-5).all()), (name, s, eff, last)
+        last = eff
+    assert bool((last > 0).all())
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "1", True])
+def test_bad_strength_field_is_refused(bad):
+    with pytest.raises(ValueError, match="strength"):
+        ScaPreConfig(strength=bad)
