@@ -15,7 +15,8 @@ import torch
 
 from .concepts import ConceptSet
 from .config import ScaPreConfig
-from .geometry import bures_change, egbr_change, to_float64
+from .focus import focus_map
+from .geometry import bures_change, egbr_change, linalg_device, to_float64
 from .informax import InformaxResult, RowStats, row_stats, weight_checksum
 from .solve import TextSide, data_term, prepare_text_side, rhs_eig, solve_rows
 from .validation import check_row_stats, check_weight
@@ -55,17 +56,21 @@ def check_inputs(weights: Mapping[str, torch.Tensor], concepts: ConceptSet) -> l
 
 
 class _TextCache:
-    """One :class:`TextSide` per compute device, built on first use."""
+    """One :class:`TextSide` per compute device, built on first use (for the focus variant: its map ``A``)."""
 
     def __init__(self, concepts: ConceptSet, config: ScaPreConfig) -> None:
         self._concepts, self._config = concepts, config
-        self._by_device: dict[torch.device, TextSide] = {}
+        self._by_device: dict[torch.device, TextSide | torch.Tensor] = {}
 
-    def get(self, device: torch.device) -> TextSide:
+    def get(self, device: torch.device) -> TextSide | torch.Tensor:
         if device not in self._by_device:
-            self._by_device[device] = prepare_text_side(
-                self._concepts, self._config, device, compute_dtype(self._config)
-            )
+            if self._config.variant == "focus":
+                self._by_device[device] = focus_map(self._concepts, self._config, linalg_device(device)).to(
+                    device=device, dtype=compute_dtype(self._config))
+            else:
+                self._by_device[device] = prepare_text_side(
+                    self._concepts, self._config, device, compute_dtype(self._config)
+                )
         return self._by_device[device]
 
 
@@ -98,7 +103,10 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
 
 
 def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
-    """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength``."""
+    """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength``. For the
+    focus variant ``text`` is its map ``A`` (:func:`~scapre_core.focus.focus_map`) and the change is ``W0 A``."""
+    if config.variant == "focus":
+        return w0 @ text
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
     if config.variant == "uce":
@@ -167,7 +175,9 @@ def erase_iter(
         for name, w0 in _iter_matrices(weights, names, config, device, progress):
             source = weights[name]
             text = texts.get(w0.device)
-            if use_given:
+            if config.variant == "focus":
+                stats = RowStats(row_weights=None, entropy=None)
+            elif use_given:
                 informax.check_weight(name, source)
                 stats = informax.stats[name]
             else:

@@ -58,8 +58,15 @@ PRESETS: dict[str, Preset] = {
         Preset("uce",
                ScaPreConfig(variant="uce", erase_scale=1.0, **_PUBLISHED),
                "the UCE baseline (Gandikota et al. 2024), for comparison: erase_scale 1"),
+        Preset("precise",
+               ScaPreConfig(variant="focus", erase_scale=1.0, focus_rank=2, focus_eps=1e-3, **_PUBLISHED),
+               "BEYOND THE PAPER: each concept is guided to the mean of its nearest look-alikes and only the text "
+               "directions that set it apart from the prompts to keep are edited (focus variant, focus_rank 2); "
+               "needs look-alikes and prompts to keep (ScaPre Concept Encode finds them: look_alikes auto)"),
     )
 }
+#: Presets that are not the authors' published runs (labelled "beyond the paper" wherever they are offered).
+BEYOND_THE_PAPER = ("precise",)
 
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 #: The preset the ScaPre Erase node and the command line start from.

@@ -14,6 +14,7 @@ BASE = dict(
     mi_temperature=0.7, mi_samples=5, noise_sigma=0.01, use_informax=True, entropy_samples=20,
     entropy_bins=20, mu_from_entropy=True, mu=0.1, ased=False, t_sigma=1.0, p_sigma=1.0, bures_iters=1,
     egbr=False, alpha_min=0.8, svd_residual=False, seed=0, mi_estimator="sampled", precision="float32", strength=1.0,
+    focus_rank=2, focus_eps=1e-3,
 )
 EXPECTED = {
     "custom": BASE,
@@ -31,6 +32,8 @@ EXPECTED = {
                  "use_informax": False},
     # UCE baseline: lambda 0.5, erase_scale 1
     "uce": {**BASE, "variant": "uce", "erase_scale": 1.0},
+    # beyond the paper: the focus variant (UCE in the concept's own directions), erase_scale 1
+    "precise": {**BASE, "variant": "focus", "erase_scale": 1.0},
 }
 
 
@@ -44,6 +47,15 @@ def test_every_preset_is_listed_and_described():
     assert set(PRESET_NAMES) == set(EXPECTED)
     assert PRESET_NAMES[0] == "custom"
     assert all(PRESETS[name].description for name in PRESET_NAMES)
+
+
+def test_presets_beyond_the_paper_say_so():
+    from comfyui_scapre.scapre_core.presets import BEYOND_THE_PAPER
+
+    assert set(BEYOND_THE_PAPER) == {"precise"}
+    for name in PRESET_NAMES:
+        labelled = "BEYOND THE PAPER" in PRESETS[name].description
+        assert labelled == (name in BEYOND_THE_PAPER), name
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
