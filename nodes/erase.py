@@ -98,10 +98,11 @@ def _erase_output(model, concepts, settings: EraseSettings, informax, node_id) -
 _PRESET_HELP = "; ".join(f"{name}: {PRESETS[name].description}" for name in PRESET_NAMES)
 _PRESET_TOOLTIP = (f"What to run. Default {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].description}. "
                    f"All: {_PRESET_HELP}.")
-STRENGTH_HELP = ("How far the edit goes (beyond the paper): multiplies the preset's change to the weights. "
-                 "0 = no edit (the model comes back unchanged), 1 = the preset exactly as published, 2 = twice the "
-                 "change; the report's efficacy grows in proportion. Raise it when the report says a concept is "
-                 "likely still drawn; higher forgets more and changes more of the rest.")
+STRENGTH_HELP = ("How far the edit goes (beyond the paper). 0 = no edit (the model comes back unchanged), 0.5 = "
+                 "half the preset's change, 1 = the preset exactly as published; above 1 the method goes further "
+                 "itself (its erase scale times the strength, what pulls the change back divided by it), towards "
+                 "mapping the erased prompts onto their guides without overshooting. Raise it when the report "
+                 "says a concept is likely still drawn; higher forgets more and changes more of the rest.")
 
 
 class ScaPreEraseSimple(io.ComfyNode):

@@ -67,10 +67,11 @@ FIELD_HELP: dict[str, str] = {
     "alpha_min": "Small variant: least share of the edit each row keeps in the entropy rollback (0.8).",
     "svd_residual": "Small variant: subtract the spectral residual of the concept directions.",
     "seed": "Seed of the Informax and entropy noise; same seed and inputs give the same bits.",
-    "strength": "How far the edit goes (beyond the paper, which has no such dial): the change W - W0 of every "
-    "matrix, after every step of the method, is multiplied by it. 0 = no edit (the weights come back unchanged), "
-    "1 = the configured edit exactly (a preset's published edit), 2 = twice its change; efficacy grows in proportion. "
-    "Above 1 it undoes what the Bures step and the rollbacks hold back, then goes further.",
+    "strength": "How far the edit goes (beyond the paper, which has no such dial). 0 = no edit (the weights come "
+    "back unchanged); up to 1 the configured change W - W0 is multiplied by it; 1 = the configured edit exactly (a "
+    "preset's published edit); above 1 the method itself goes further: its erase scale is multiplied by the "
+    "strength and what pulls the change back (the Bures step's mu, the small variant's rollback) is divided by it, "
+    "so the edit approaches mapping the erased prompts exactly onto their guides and does not overshoot.",
     "focus_rank": "Focus variant (beyond the paper): text directions the edit may change per erase prompt (2); "
     "more forgets more and keeps less.",
     "focus_eps": "Focus variant (beyond the paper): ridge of the preserve prompts' metric, relative to its mean "
@@ -122,6 +123,19 @@ class ScaPreConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def reach(self) -> float:
+        """How far beyond the configured solve ``strength`` goes: ``strength`` above 1, else 1 (SPEC-free, beyond
+        the paper). At reach ``r`` the erase scale is ``r * erase_scale`` and what pulls the change back (the Bures
+        strength ``mu`` of the scale variant, the small variant's rollback ``1 - keep``) is divided by ``r``."""
+        return self.strength if self.strength > 1.0 else 1.0
+
+    @property
+    def solve_scale(self) -> float:
+        """The erase scale the solve uses: ``erase_scale`` times :attr:`reach` (exactly ``erase_scale`` up to
+        strength 1)."""
+        return self.erase_scale if self.reach == 1.0 else self.erase_scale * self.reach
 
     def replace(self, **changes: Any) -> ScaPreConfig:
         """A copy with ``changes`` applied (validated like a new config)."""

@@ -94,17 +94,20 @@ def _iter_matrices(
 
 def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``, multiplied by
-    ``config.strength`` (not at all at strength 1, so that the published edit is computed exactly as without it).
+    ``config.strength`` below 1 (at 1 and above it is not multiplied: above 1 the method goes further itself,
+    :attr:`ScaPreConfig.reach`; at 1 the published edit is computed exactly as without the dial).
 
     Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
     from per-row float64 scalars), so that it is accurate relative to itself, not to the weight."""
     change = method_change(w0, text, stats, config)
-    return change if config.strength == 1.0 else change * config.strength
+    return change if config.strength >= 1.0 else change * config.strength
 
 
 def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
-    """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength``. For the
-    focus variant ``text`` is its map ``A`` (:func:`~scapre_core.focus.focus_map`) and the change is ``W0 A``."""
+    """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength`` scales it
+    down (below 1); above 1 it goes further (:attr:`ScaPreConfig.reach`: erase scale times the reach, what pulls
+    back divided by it). For the focus variant ``text`` is its map ``A`` (:func:`~scapre_core.focus.focus_map`,
+    built with the reach) and the change is ``W0 A``."""
     if config.variant == "focus":
         return w0 @ text
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
@@ -113,22 +116,27 @@ def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: Sca
         row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
     else:
         row_weights = stats.weights_or_ones(rows, m, w0)
-    data_e = data_term(w0, text, row_weights, config.erase_scale, config.technique)
+    reach, scale = config.reach, config.solve_scale  # 1 and erase_scale up to strength 1
+    data_e = data_term(w0, text, row_weights, scale, config.technique)
 
     if config.variant == "scale":
         spread = None if stats.entropy is None else to_float64(stats.spread)
         mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
+        if reach != 1.0:
+            mu = mu / reach
         lam_prox = config.lam + mu
         row_max = row_weights.max(dim=1).values
-        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max)
+        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, scale * row_max)
         change = bures_change(w0, solved - w0, mu, lam_prox, config.bures_iters)
         return egbr_change(w0, change, spread) if config.egbr else change
 
-    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None)
+    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, scale), text, 0.0, None)
     if config.variant == "uce":
         return solved - w0
     entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)
     keep = config.alpha_min + (1.0 - config.alpha_min) * entropy
+    if reach != 1.0:
+        keep = 1.0 - (1.0 - keep) / reach
     return keep * (solved - w0)
 
 

@@ -2,8 +2,9 @@
 text space where the erased prompts differ from their guides while the prompts to keep carry little.
 
 Inputs are those of every edit: erase contexts ``X_j``, aligned guide tokens ``Y_j`` and preserve contexts ``Z_k``
-(here the *references*: what must keep its meaning; the empty prompt's token ``e`` always counts as one). With
-``D_j = X_j - Y_j`` and ``C = sum_k Z_k^T Z_k + e e^T``, the edit may only act on ``V``: for every erase prompt the
+(here the *references*: what must keep its meaning; the empty prompt's token ``e`` always counts as one, and so do
+the prompts behind ``ConceptSet.reference_gram``, e.g. look-alikes found automatically). With ``D_j = X_j - Y_j`` and
+``C = sum_k Z_k^T Z_k + e e^T (+ reference_gram)``, the edit may only act on ``V``: for every erase prompt the
 ``focus_rank`` leading generalized eigenvectors of ``(D_j^T D_j, C + eps tr(C)/d I)`` (directions of large
 concept-to-guide difference per unit of reference energy; ``eps = focus_eps``), together orthonormalised (each prompt
 gets its own directions: taken jointly, the prompt with the largest difference would take them all). Within ``V`` it
@@ -12,9 +13,9 @@ is UCE's least squares::
     min_M  sum_j ||(W0 + M V^T) X_j^T - W0 Y_j^T||^2 + lam ||M||^2
     =>  W = W0 + W0 A,   A = s K (V^T G V)^{-1} V^T,   K = sum_j (Y_j - X_j)^T X_j V,   G = lam I + s sum_j X_j^T X_j
 
-(``s = erase_scale``). ``A`` depends on the text only, so it is built once per edit in float64 and every matrix is
-then one product. A token ``u`` changes only through ``V^T u``: tokens of the references, which the metric keeps out
-of ``V``, hardly move, whatever the width of the text space.
+(``s = erase_scale``, times the strength above 1). ``A`` depends on the text only, so it is built once per edit in
+float64 and every matrix is then one product. A token ``u`` changes only through ``V^T u``: tokens of the
+references, which the metric keeps out of ``V``, hardly move, whatever the width of the text space.
 
 With a guide that is the mean of the concept's nearest neighbours (``neighbour_guide``), the difference ``X_j - Y_j``
 is what sets the concept apart from its look-alikes, and the edit replaces it by their mean.
@@ -36,6 +37,8 @@ def focus_directions(concepts: ConceptSet, config: ScaPreConfig, device: torch.d
     refs = [z.to(device=device, dtype=f64) for z in concepts.preserve_contexts]
     refs.append(concepts.empty_vec.to(device=device, dtype=f64).unsqueeze(0))
     c = sum(z.T @ z for z in refs)
+    if concepts.reference_gram is not None:
+        c = c + concepts.reference_gram.to(device=device, dtype=f64)
     c = c + config.focus_eps * float(torch.trace(c)) / dim * torch.eye(dim, dtype=f64, device=device)
     chol = torch.linalg.cholesky(0.5 * (c + c.T))
     cols = []
@@ -58,7 +61,7 @@ def focus_map(concepts: ConceptSet, config: ScaPreConfig, device: torch.device |
     f64 = torch.float64
     v = focus_directions(concepts, config, device)
     dim = v.shape[0]
-    s = config.erase_scale
+    s = config.solve_scale  # erase_scale, times the strength above 1
     gram = torch.zeros(dim, dim, dtype=f64, device=device)
     k = torch.zeros(dim, v.shape[1], dtype=f64, device=device)
     for x, y in zip(concepts.contexts, concepts.targets, strict=True):
@@ -80,6 +83,19 @@ def neighbour_guide(encodings: list[torch.Tensor], lasts: list[int]) -> tuple[to
     guide = torch.zeros(length + 1, encodings[0].shape[1], dtype=torch.float64)
     guide[1:] = tails.mean(dim=0)
     return guide.to(encodings[0].dtype), 1
+
+
+def reference_gram(encodings: list[torch.Tensor], lasts: list[int]) -> torch.Tensor:
+    """``sum_k R_k^T R_k`` (float64) of encoded prompts, each from its last word token on (index 0 for the empty
+    prompt: its whole sequence), as :attr:`ConceptSet.reference_gram` reads them."""
+    if not encodings:
+        raise ValueError("no reference prompts to build a Gram matrix from")
+    dim = encodings[0].shape[-1]
+    out = torch.zeros(dim, dim, dtype=torch.float64)
+    for e, f in zip(encodings, lasts, strict=True):
+        tail = e[f:].to(device="cpu", dtype=torch.float64)
+        out.addmm_(tail.T, tail)
+    return out
 
 
 def nearest(concept_vecs: torch.Tensor, candidate_vecs: torch.Tensor, k: int,

@@ -76,8 +76,9 @@ DEFAULT_PRESET = "custom"
 def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConfig:
     """The config of preset ``name`` with its ``strength`` multiplied by ``strength`` and the given ``seed``.
 
-    ``strength`` scales the edit's change ``W - W0`` (``ScaPreConfig.strength``): 0 no edit at all, 1 the
-    preset exactly as published (the same config, hence the same bits), 2 twice its change."""
+    ``strength`` is ``ScaPreConfig.strength``: 0 no edit at all, below 1 that share of the preset's change, 1 the
+    preset exactly as published (the same config, hence the same bits), above 1 the method goes further
+    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \

@@ -96,7 +96,7 @@ def prepare_text_side(
     dim = concepts.dim
     c = concepts.concept_vecs.to(device=lin, dtype=f64).T  # [d, m]
     eye = torch.eye(dim, dtype=f64, device=lin)
-    g0 = config.lam * eye + config.erase_scale * gram(concepts.contexts, f64, lin, dim)
+    g0 = config.lam * eye + config.solve_scale * gram(concepts.contexts, f64, lin, dim)
     preserve_gram = None
     if concepts.num_preserve:
         preserve_gram = config.preserve_scale * gram(concepts.preserve_contexts, f64, lin, dim)

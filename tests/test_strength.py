@@ -1,5 +1,6 @@
 """The strength dial (``ScaPreConfig.strength``, ``preset_config(name, strength)``): 0 is no edit, 1 the published
-edit bit for bit, more moves further along the same change."""
+edit bit for bit, between them a share of its change, above 1 the method itself goes further (erase scale up, what
+pulls the change back down) towards mapping the erased prompts onto their guides."""
 
 from __future__ import annotations
 
@@ -79,26 +80,69 @@ def test_strength_zero_reports_progress_and_can_cancel():
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_strength_multiplies_the_change(name):
+def test_strength_below_one_multiplies_the_change(name):
     cs, w, _ = _inputs()
     one = erase(w, cs, preset_config(name, 1.0).replace(precision="float64"))
-    for s in (0.5, 2.0, 7.5):
+    for s in (0.25, 0.5, 0.9):
         out = erase(w, cs, preset_config(name, s).replace(precision="float64"))
         for k in w:
             assert torch.allclose(out[k] - w[k], s * (one[k] - w[k]), rtol=1e-12, atol=1e-12), (name, s, k)
 
 
+def _further(config: ScaPreConfig, s: float) -> ScaPreConfig:
+    """What strength ``s`` > 1 means, written as the published fields: erase scale times ``s``, what pulls back
+    (a constant mu, the small variant's rollback 1 - alpha_min) divided by ``s``."""
+    return config.replace(erase_scale=config.erase_scale * s, mu=config.mu / s,
+                          alpha_min=1.0 - (1.0 - config.alpha_min) / s)
+
+
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_efficacy_grows_with_strength(name):
-    """The report's efficacy of every erased prompt is non-decreasing in strength, from 0 at strength 0."""
-    cs = clip_like_concepts(3, 48, seed=4)
+@pytest.mark.parametrize("s", [1.5, 4.0])
+def test_strength_above_one_raises_the_erase_scale_and_lowers_the_pull_back(name, s):
+    cs, w, _ = _inputs()
+    config = preset_config(name, 1.0).replace(precision="float64", mu_from_entropy=False, mu=0.2)
+    out = erase(w, cs, config.replace(strength=s))
+    same = erase(w, cs, _further(config, s))
+    # identical arithmetic except the small variant's rollback, written differently (1 - (1 - keep) / s)
+    exact = config.variant != "small"
+    for k in w:
+        if exact:
+            assert torch.equal(out[k], same[k]), (name, k)
+        else:
+            assert torch.allclose(out[k], same[k], rtol=1e-12, atol=1e-12), (name, k)
+    assert not all(torch.allclose(out[k] - w[k], s * (erase(w, cs, config)[k] - w[k])) for k in w)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_strength_does_not_overshoot(name):
+    """Large strengths approach a limit (the erased prompts mapped onto their guides) instead of growing
+    without bound as a multiplied change would."""
+    cs, w, _ = _inputs()
+
+    def change(s):
+        out = erase(w, cs, preset_config(name, s, seed=1).replace(precision="float64"))
+        return torch.cat([(out[k] - w[k]).flatten() for k in w])
+
+    one, big, bigger = change(1.0), change(1e4), change(1e5)
+    assert float((bigger - big).norm()) < 1e-2 * float(big.norm())
+    assert float(big.norm()) < 10 * float(one.norm())
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("prompts", [1, 3])
+def test_efficacy_grows_with_strength(name, prompts):
+    """The report's efficacy is non-decreasing in strength, from 0 at strength 0: every prompt's when one prompt is
+    erased, their mean when several are (above 1 the joint solve may trade a little between prompts)."""
+    cs = clip_like_concepts(prompts, 48, seed=4)
     w = random_weights({"k": (64, 48), "v": (32, 48)}, seed=5)
     last = None
-    for s in (0.0, 0.5, 1.0, 2.0, 4.0):
+    for s in (0.0, 0.5, 1.0, 1.5, 2.0, 4.0, 10.0):
         builder = ReportBuilder({"erase": cs})
         for key, edited in erase(w, cs, preset_config(name, s)).items():
             builder.add(key, w[key], edited)
         eff = torch.tensor([p.efficacy for p in builder.build().group("erase")])
+        if prompts > 1:
+            eff = eff.mean(dim=0, keepdim=True)
         if last is None:
             assert bool((eff == 0).all())
         else:

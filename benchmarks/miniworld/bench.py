@@ -20,10 +20,12 @@ Each figure is given per world and pooled over the worlds (the pictures of all w
 are 95 % Wilson intervals (quality: mean +- 1.96 standard errors); a pooled interval counts pictures, so the spread
 between worlds shows in the per-world columns, not in it.
 
-Methods: the published settings (``scapre_core.presets``) and the pack's defaults; four of them (uce, many-objects,
-explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike words of the erased
-concepts, and for a pair its two words: what a user protects) and at half and double strength
-(``preset_config(name, strength)``); ``--beyond`` adds settings beyond the paper (no Bures step). Usage (repo root)::
+Methods: every preset of ``scapre_core.presets`` (the published settings, the pack's defaults and ``precise``, beyond
+the paper, whose look-alikes and references are found in the world's own text space: ``focus_concept_set``), precise
+also at 1.5 and 2 times its strength; uce (every published setting with ``--all-methods``) also with preserve prompts
+(the look-alike words of the erased concepts, and for a pair its two words: what a user protects) and at half and
+double strength (``preset_config(name, strength)``); ``--beyond`` adds settings beyond the paper (no Bures step);
+``--sweep`` replaces them by every preset at every strength of ``SWEEP_STRENGTHS``. Usage (repo root)::
 
     python benchmarks/miniworld/bench.py --all-methods       # every world (trained when missing), set and method
     python benchmarks/miniworld/bench.py --worlds clip64 --sets "1 colour" --seeds 0
@@ -59,7 +61,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
     import miniworld  # noqa: F401  (its __init__ imports benchmarks/pack.py, which registers scapre_core)
 
 from scapre_core import ScaPreConfig
-from scapre_core.presets import PRESETS, preset_config
+from scapre_core.presets import BEYOND_THE_PAPER, PRESETS, preset_config
 
 from .evaluate import (
     Ask,
@@ -114,10 +116,12 @@ class Method:
 
 
 def methods(full: bool = False) -> list[Method]:
-    """Every published setting and the defaults; with preserve prompts and at half and double strength: all of
-    them with ``full``, else those that the 2-core budget allows (uce, many-objects, explicit, custom)."""
-    with_options = list(PUBLISHED) if full else ["uce", "many-objects", "explicit", "custom"]
+    """Every preset (the published settings, the defaults and those beyond the paper), the precise preset also at
+    1.5 and 2 times its strength; with preserve prompts and at half and double strength: every published setting
+    with ``full``, else uce (the baseline)."""
+    with_options = [n for n in PUBLISHED if n not in BEYOND_THE_PAPER] if full else ["uce"]
     out = [Method(name, name) for name in PUBLISHED]
+    out += [Method(f"precise x{s:g}", "precise", strength=s) for s in (1.5, 2.0)]
     out += [Method(f"{name} +preserve", name, preserve=True) for name in with_options]
     out += [Method(f"{name} x{s:g}", name, strength=s) for name in with_options if name != "uce" for s in (0.5, 2.0)]
     return out

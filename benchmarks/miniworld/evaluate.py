@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from scapre_core import ConceptSet, ScaPreConfig, erase
-from scapre_core.focus import nearest, neighbour_guide
+from scapre_core.focus import nearest, neighbour_guide, reference_gram
 
 from .judge import Judge
 from .model import UNet, cross_attention_weights
@@ -122,9 +122,9 @@ def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int =
         guide_last.append(f)
     references = [c for c in candidates if c not in concepts] + [p for p in preserve if p not in candidates] + [""]
     ref_enc, ref_last = world.encode(references)
-    cs = ConceptSet.from_embeddings(list(erase_enc), erase_last, guides, guide_last, empty, list(ref_enc), ref_last,
-                                    erase_texts=list(concepts), guide_texts=[" + ".join(w) for w in near],
-                                    preserve_texts=references)
+    cs = ConceptSet.from_embeddings(list(erase_enc), erase_last, guides, guide_last, empty,
+                                    erase_texts=list(concepts), guide_texts=[" + ".join(w) for w in near])
+    cs = cs.with_references(reference_gram(list(ref_enc), ref_last))
     return cs, {"guides": dict(zip(concepts, near, strict=True)), "references": references}
 
 

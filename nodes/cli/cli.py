@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, metavar="NAME",
                        help="published setting: " + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
     erase.add_argument("--strength", type=float, default=1.0,
-                       help="how far the edit goes: multiplies the preset's change (0 no edit, 1 as published; 1)")
+                       help="how far the edit goes: 0 no edit, up to 1 a share of the preset's change, 1 as published, "
+                            "above 1 further (erase scale times it, pull-back divided by it); default 1")
     erase.add_argument("--seed", type=int, default=0, help="seed of the Informax/entropy noise (0)")
     erase.add_argument("--settings", metavar="FILE.json",
                        help="JSON object of config field names (and 'edit') overriding the preset's values")
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--expand-templates", action="store_true", help="also erase each concept in its templates")
     erase.add_argument("--guide", default="", help="what erased prompts should become (default: unconditional)")
     erase.add_argument("--preserve", default="", help="comma-separated prompts to keep unchanged")
+    erase.add_argument("--look-alikes", choices=["auto", "preserve prompts", "off"], default=None,
+                       help="look-alikes for the focus variant (preset precise, beyond the paper): auto (default with "
+                            "it) finds them among about 200 everyday concepts, 'preserve prompts' uses --preserve only")
     erase.add_argument("--comfyui", metavar="PATH",
                        help="ComfyUI folder (default: $COMFYUI_PATH, else the ComfyUI this pack is installed in)")
     erase.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")

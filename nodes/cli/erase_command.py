@@ -33,6 +33,7 @@ class EraseJob:
     expand_templates: bool
     guide: str
     preserve: str
+    look_alikes: str = "off"
 
 
 def _output(value: str | None, what: str) -> Path | None:
@@ -69,9 +70,10 @@ def prepare(args) -> EraseJob:
         plan_prompts(concepts, args.concept_type, args.expand_templates, "", args.guide, args.preserve or "", "")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    look_alikes = args.look_alikes or ("auto" if settings.config.variant == "focus" else "off")
     return EraseJob(checkpoint=checkpoint.resolve(), concepts=concepts, settings=settings, out=out, lora=lora,
                     rank=args.rank, concept_type=args.concept_type, expand_templates=args.expand_templates,
-                    guide=args.guide, preserve=args.preserve or "")
+                    guide=args.guide, preserve=args.preserve or "", look_alikes=look_alikes)
 
 
 def _read_json(path: str) -> dict:
@@ -102,7 +104,7 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
         plan = plan_prompts(job.concepts, job.concept_type, job.expand_templates, "", job.guide, job.preserve, "")
         for warning in plan.warnings:
             log.warning("%s", warning)
-        concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"))
+        concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"), job.look_alikes)
         edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"))
         lines = []
         if job.lora is not None:

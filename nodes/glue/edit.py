@@ -43,14 +43,22 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
             warnings.append(note)
             config = config.replace(**changed)
         given = informax.result
+    text = concepts.erase
+    if config.variant == "focus":
+        if concepts.focus is None:
+            raise ValueError("the focus variant (preset precise, beyond the paper) needs look-alikes: set look_alikes "
+                             "to auto (or preserve prompts) in ScaPre Concept Encode, or pick another preset")
+        text = concepts.focus
+        warnings.append("focus variant (beyond the paper); look-alikes: " + "; ".join(
+            f"{c} -> {', '.join(n)}" for c, n in (concepts.look_alikes or {}).items()))
     keys = kv_keys(model, concepts.width, edit)
     weights = EffectiveWeights(model, keys)
     device = compute_device(model)
-    builder = ReportBuilder({"erase": concepts.erase, "probe": concepts.probes, "preserve": concepts.preserve},
+    builder = ReportBuilder({"erase": text, "probe": concepts.probes, "preserve": concepts.preserve},
                             device=device)
     diffs = {}
     start = time.perf_counter()
-    for name, change in erase_iter(weights, concepts.erase, config, given, step, device=device, changes=True):
+    for name, change in erase_iter(weights, text, config, given, step, device=device, changes=True):
         original = weights[name]
         change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
         builder.add(name, original, original + change)

@@ -43,6 +43,8 @@ class EncodedConcepts(_Shared):
     preserve: ConceptSet | None
     width: int
     concept_type: str = ""
+    focus: ConceptSet | None = None  # the focus variant's text side (look-alike guides, references); None: off
+    look_alikes: Mapping[str, tuple[str, ...]] | None = None  # per concept, the look-alikes that guide it
 
     def concept_of(self) -> dict[str, str]:
         return {p: self.plan.concepts[j] for p, j in zip(self.plan.prompts, self.plan.concept_index, strict=True)}
@@ -52,6 +54,7 @@ class EncodedConcepts(_Shared):
             "concepts": list(self.plan.concepts), "prompts": list(self.plan.prompts),
             "guides": sorted(set(self.plan.guides)), "preserve": list(self.plan.preserve),
             "probes": list(self.plan.probes), "concept_type": self.concept_type, "text_width": self.width,
+            **({"look_alikes": {k: list(v) for k, v in self.look_alikes.items()}} if self.look_alikes else {}),
         }
 
 

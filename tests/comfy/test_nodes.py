@@ -322,6 +322,27 @@ def test_saved_checkpoint_holds_the_edited_weights(scapre_nodes, sd15_loaded, sd
 # bad input, cancel
 # ------------------------------------------------------------------------------------------------
 
+def test_look_alikes_are_found_shown_and_used_by_the_precise_preset(scapre_nodes, sd15_loaded, sd15_edit):
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    found = _encode(c, clip, concepts="cat", preserve="dog", probes="", look_alikes="auto")
+    payload = found[0]
+    (near,) = payload.look_alikes.values()
+    assert list(payload.look_alikes) == ["cat"] and len(near) == 2 and "cat" not in near
+    assert f"look-alikes of cat: {', '.join(near)}" in found.ui["text"][0]
+    precise = _erase_simple(c, model, payload, preset="precise")
+    note = f"look-alikes: cat -> {', '.join(near)}"
+    assert any(note in w for w in precise[1].warnings) and any(note in w for w in precise.ui["scapre_summary"][0]
+                                                               ["warnings"])
+    assert precise[1].info["look_alikes"] == {"cat": list(near)} and _diffs(precise[0])
+    (plain,) = _encode(c, clip, concepts="cat", preserve="dog", probes="", look_alikes="off")
+    with pytest.raises(ValueError, match="look_alikes"):
+        _erase_simple(c, model, plain, preset="precise")
+    # the published presets do not read the look-alikes: the same edit with and without them
+    uce = _erase_simple(c, model, payload, preset="uce")
+    assert _same_edit(uce[0], _erase_simple(c, model, plain, preset="uce")[0])
+
+
 def test_bad_inputs_give_clear_errors(scapre_nodes, sd15_loaded, sd15_edit):
     c = scapre_nodes
     model, clip, _ = sd15_loaded
