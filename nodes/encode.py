@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..scapre_core.prompts import CONCEPT_TYPES, plan_prompts
 from .common import CATEGORY, Concepts, log, progress
-from .glue.encode import encode_concepts
+from .glue.encode import LOOK_ALIKES, encode_concepts
 
 CLIP_TIP = ("The text encoder of the model you will edit: the checkpoint's CLIP, or the CLIPLoader / DualCLIPLoader "
             "/ TripleCLIPLoader output of a DiT (umT5 for Wan, T5 for LTX-Video/PixArt/Chroma, CLIP-L + T5 for Flux, "
@@ -49,6 +49,13 @@ class ScaPreConceptEncode(io.ComfyNode):
                 io.String.Input("probes", multiline=True, default="", optional=True,
                                 tooltip="Prompts to watch in the report without protecting them, e.g. 'dog, "
                                         "tiger' when erasing 'cat'."),
+                io.Combo.Input("look_alikes", options=list(LOOK_ALIKES), default="auto", optional=True,
+                               tooltip="For the precise preset (beyond the paper): auto finds each concept's two "
+                                       "nearest look-alikes in this CLIP's own text space among about 200 everyday "
+                                       "concepts (plus your preserve prompts), guides it to their mean and keeps "
+                                       "them all; 'preserve prompts' uses only yours; off skips this (the "
+                                       "published presets do not use it; it costs one encoding of the candidates). "
+                                       "The look-alikes found are shown below."),
             ],
             outputs=[Concepts.Output("encoded_concepts", display_name="concepts",
                                      tooltip="The encoded prompts; connect to ScaPre Informax and ScaPre Erase.")],
@@ -57,23 +64,25 @@ class ScaPreConceptEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, concepts, concept_type, expand_templates, templates, guide, preserve="",
-                probes="") -> io.NodeOutput:
+                probes="", look_alikes="off") -> io.NodeOutput:
+        # absent from workflows saved before the input existed: they keep their behaviour (the widget says auto)
         if clip is None:
             raise ValueError("clip is not connected: connect the CLIP output of your checkpoint loader")
         plan = plan_prompts(concepts, concept_type, expand_templates, templates, guide, preserve or "",
                             probes or "")
         for warning in plan.warnings:
             log.warning("ScaPreConceptEncode: %s", warning)
-        payload = encode_concepts(clip, plan, concept_type, progress(cls.hidden.unique_id, "encode"))
+        payload = encode_concepts(clip, plan, concept_type, progress(cls.hidden.unique_id, "encode"), look_alikes)
         log.info("ScaPreConceptEncode: %d concept(s), %d prompt(s), width %d", len(plan.concepts),
                  len(plan.prompts), payload.width)
-        return io.NodeOutput(payload, ui={"text": [_summary(plan)]})
+        return io.NodeOutput(payload, ui={"text": [_summary(plan, payload.look_alikes)]})
 
 
-def _summary(plan) -> str:
+def _summary(plan, look_alikes=None) -> str:
     parts = [f"{len(plan.concepts)} concept(s) -> {len(plan.prompts)} prompt(s)"]
     if plan.preserve:
         parts.append(f"{len(plan.preserve)} preserved")
     if plan.probes:
         parts.append(f"{len(plan.probes)} probe(s)")
-    return ", ".join(parts) + "".join(f"\nwarning: {w}" for w in plan.warnings)
+    found = "".join(f"\nlook-alikes of {c}: {', '.join(n)}" for c, n in (look_alikes or {}).items())
+    return ", ".join(parts) + found + "".join(f"\nwarning: {w}" for w in plan.warnings)

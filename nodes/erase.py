@@ -14,12 +14,15 @@ from comfy_api.latest import io
 
 from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig
 from ..scapre_core.config import FIELD_HELP
-from ..scapre_core.presets import EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
+from ..scapre_core.presets import DEFAULT_PRESET, EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
 from ..scapre_core.report import REPORT_SCOPES, describe_scope
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
 from .glue.edit import run_erase, run_informax
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScaPreConfig))
+#: The legacy node's widgets, frozen in their saved order (fields added to the config later are not shown there and
+#: keep their defaults, so an old workflow's values land on the widgets they were saved from).
+LEGACY_FIELDS = CONFIG_FIELDS[:CONFIG_FIELDS.index("precision") + 1]
 
 MODEL_TIP = ("The model to edit. ScaPre as published (cross-attention keys/values): SD1.x, SD2.x, SDXL, Wan 2.1/2.2, "
              "LTX-Video, PixArt. Beyond the paper (the text-input projection, measured on weights only, not on "
@@ -108,6 +111,13 @@ def _report_tokens_input() -> io.Input:
 
 
 _PRESET_HELP = "; ".join(f"{name}: {PRESETS[name].description}" for name in PRESET_NAMES)
+_PRESET_TOOLTIP = (f"What to run. Default {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].description}. "
+                   f"All: {_PRESET_HELP}.")
+STRENGTH_HELP = ("How far the edit goes (beyond the paper). 0 = no edit (the model comes back unchanged), 0.5 = "
+                 "half the preset's change, 1 = the preset exactly as published; above 1 the method goes further "
+                 "itself (its erase scale times the strength, what pulls the change back divided by it), towards "
+                 "mapping the erased prompts onto their guides without overshooting. Raise it when the report "
+                 "says a concept is likely still drawn; higher forgets more and changes more of the rest.")
 
 
 class ScaPreEraseSimple(io.ComfyNode):
@@ -127,12 +137,10 @@ class ScaPreEraseSimple(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TIP),
                 Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's own text encoder)."),
-                io.Combo.Input("preset", options=list(PRESET_NAMES), default="custom",
-                               tooltip="The authors' published setting for what you erase. " + _PRESET_HELP
-                                       + ". Ignored when settings is connected."),
+                io.Combo.Input("preset", options=list(PRESET_NAMES), default=DEFAULT_PRESET,
+                               tooltip=_PRESET_TOOLTIP + " Ignored when settings is connected."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
-                               tooltip="Multiplies the preset's erase_scale: 1 is the published setting, higher "
-                                       "erases harder and changes more. Ignored when settings is connected."),
+                               tooltip=STRENGTH_HELP + " Ignored when settings is connected."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip=FIELD_SEED + " Ignored when settings is connected (it has its own seed) or "
                                      "when informax is connected (ScaPre Informax's seed is used)."),
@@ -153,7 +161,7 @@ class ScaPreEraseSimple(io.ComfyNode):
         if settings is not None:
             if not isinstance(settings, EraseSettings):
                 raise ValueError("settings must come from a ScaPre Settings node")
-            if (preset, strength, seed) != ("custom", 1.0, 0):
+            if (preset, strength, seed) != (DEFAULT_PRESET, 1.0, 0):
                 log.info("ScaPre Erase: settings connected; preset %r, strength %s and seed %s are not used",
                          preset, strength, seed)
             origin = {"source": "ScaPre Settings"}
@@ -206,7 +214,7 @@ class ScaPreErase(io.ComfyNode):
                 Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's own text encoder)."),
                 _informax_input(),
                 _edit_input(),
-                *(config_input(name) for name in CONFIG_FIELDS),
+                *(config_input(name) for name in LEGACY_FIELDS),
             ],
             outputs=_erase_outputs(),
             hidden=[io.Hidden.unique_id],

@@ -5,6 +5,7 @@ Everything here is computed once per edit from encoded prompts and shared by eve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import numbers
@@ -30,6 +31,9 @@ class ConceptSet:
             ``guides[guide_index[j]]`` (prompts that share a guide share its projection work).
         preserve_contexts: ``Z_k``: each preserve prompt from its last word token on.
         erase_texts / guide_texts / preserve_texts: optional labels for reports (same lengths).
+        reference_gram: optional ``[d, d]`` ``sum_k R_k^T R_k`` of further prompts to keep (e.g. look-alikes found
+            automatically); only the focus variant reads it (beside the preserve contexts). Set it with
+            :meth:`with_references`.
     """
 
     concept_vecs: torch.Tensor
@@ -42,6 +46,15 @@ class ConceptSet:
     erase_texts: tuple[str, ...] = ()
     guide_texts: tuple[str, ...] = ()
     preserve_texts: tuple[str, ...] = ()
+    reference_gram: torch.Tensor | None = None
+
+    def with_references(self, gram: torch.Tensor) -> ConceptSet:
+        """A copy whose ``reference_gram`` is ``gram`` (``[d, d]``, finite, symmetric up to rounding)."""
+        if not isinstance(gram, torch.Tensor) or tuple(gram.shape) != (self.dim, self.dim):
+            raise ValueError(f"reference_gram must be a [{self.dim}, {self.dim}] tensor (the text width), got "
+                             f"{getattr(gram, 'shape', type(gram).__name__)}")
+        check_finite("reference_gram", gram)
+        return dataclasses.replace(self, reference_gram=gram.detach().to(device="cpu", dtype=torch.float64))
 
     @property
     def num_concepts(self) -> int:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-VARIANTS = ("scale", "small", "uce")
+VARIANTS = ("scale", "small", "uce", "focus")
 TECHNIQUES = ("replace", "tensor")
 MI_ESTIMATORS = ("sampled", "expected")
 PRECISIONS = ("float32", "float64")
@@ -33,7 +33,9 @@ INFORMAX_FIELDS = (
 
 FIELD_HELP: dict[str, str] = {
     "variant": "scale: the large-scale ScaPre solve (paper default); small: the authors' erase.py "
-    "(row-weighted solve, entropy rollback); uce: the UCE baseline, for comparison.",
+    "(row-weighted solve, entropy rollback); uce: the UCE baseline, for comparison; focus (beyond the paper): UCE "
+    "restricted to the few text directions where the erased prompts differ from their guides and the preserve "
+    "prompts carry little.",
     "lam": "lambda: how strongly every weight stays near its original value (0.5 in all published runs).",
     "erase_scale": "s: weight of the erase term; larger erases harder and changes more "
     "(1 small runs, 2-3 at scale).",
@@ -65,6 +67,15 @@ FIELD_HELP: dict[str, str] = {
     "alpha_min": "Small variant: least share of the edit each row keeps in the entropy rollback (0.8).",
     "svd_residual": "Small variant: subtract the spectral residual of the concept directions.",
     "seed": "Seed of the Informax and entropy noise; same seed and inputs give the same bits.",
+    "strength": "How far the edit goes (beyond the paper, which has no such dial). 0 = no edit (the weights come "
+    "back unchanged); up to 1 the configured change W - W0 is multiplied by it; 1 = the configured edit exactly (a "
+    "preset's published edit); above 1 the method itself goes further: its erase scale is multiplied by the "
+    "strength and what pulls the change back (the Bures step's mu, the small variant's rollback) is divided by it, "
+    "so the edit approaches mapping the erased prompts exactly onto their guides and does not overshoot.",
+    "focus_rank": "Focus variant (beyond the paper): text directions the edit may change per erase prompt (2); "
+    "more forgets more and keeps less.",
+    "focus_eps": "Focus variant (beyond the paper): ridge of the preserve prompts' metric, relative to its mean "
+    "eigenvalue (0.001); larger lets the edit use directions the preserve prompts also use.",
     "precision": "Arithmetic of the edit: float32 (default; equals the float64 edit to about 1e-6 of the edit) "
     "or float64 (same result, slower; much slower on consumer GPUs). Weights keep their own dtype.",
 }
@@ -106,9 +117,25 @@ class ScaPreConfig:
     seed: int = 0
     mi_estimator: str = "sampled"
     precision: str = "float32"
+    strength: float = 1.0
+    focus_rank: int = 2
+    focus_eps: float = 1e-3
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def reach(self) -> float:
+        """How far beyond the configured solve ``strength`` goes: ``strength`` above 1, else 1 (SPEC-free, beyond
+        the paper). At reach ``r`` the erase scale is ``r * erase_scale`` and what pulls the change back (the Bures
+        strength ``mu`` of the scale variant, the small variant's rollback ``1 - keep``) is divided by ``r``."""
+        return self.strength if self.strength > 1.0 else 1.0
+
+    @property
+    def solve_scale(self) -> float:
+        """The erase scale the solve uses: ``erase_scale`` times :attr:`reach` (exactly ``erase_scale`` up to
+        strength 1)."""
+        return self.erase_scale if self.reach == 1.0 else self.erase_scale * self.reach
 
     def replace(self, **changes: Any) -> ScaPreConfig:
         """A copy with ``changes`` applied (validated like a new config)."""
@@ -141,8 +168,8 @@ class ScaPreConfig:
 
     @property
     def needs_row_weights(self) -> bool:
-        """Whether the edit uses Informax row weights (uce never does)."""
-        return self.variant != "uce" and self.use_informax
+        """Whether the edit uses Informax row weights (uce and focus never do)."""
+        return self.variant in ("scale", "small") and self.use_informax
 
 
 def _choice(cfg: ScaPreConfig, name: str, options: tuple[str, ...]) -> None:
@@ -190,6 +217,9 @@ def _validate(cfg: ScaPreConfig) -> None:
     _real(cfg, "t_sigma", 0.0, open_low=True)
     _real(cfg, "p_sigma", 0.0)
     _real(cfg, "alpha_min", 0.0, 1.0)
+    _real(cfg, "strength", 0.0)
+    _real(cfg, "focus_eps", 0.0, open_low=True)
+    _integer(cfg, "focus_rank", 1)
     _integer(cfg, "mi_samples", 1)
     _integer(cfg, "entropy_samples", 1)
     _integer(cfg, "entropy_bins", 2)

@@ -15,7 +15,8 @@ import torch
 
 from .concepts import ConceptSet
 from .config import ScaPreConfig
-from .geometry import bures_change, egbr_change, to_float64
+from .focus import focus_map
+from .geometry import bures_change, egbr_change, linalg_device, to_float64
 from .informax import InformaxResult, RowStats, row_stats, weight_checksum
 from .solve import TextSide, data_term, prepare_text_side, rhs_eig, solve_rows
 from .validation import check_row_stats, check_weight
@@ -55,17 +56,21 @@ def check_inputs(weights: Mapping[str, torch.Tensor], concepts: ConceptSet) -> l
 
 
 class _TextCache:
-    """One :class:`TextSide` per compute device, built on first use."""
+    """One :class:`TextSide` per compute device, built on first use (for the focus variant: its map ``A``)."""
 
     def __init__(self, concepts: ConceptSet, config: ScaPreConfig) -> None:
         self._concepts, self._config = concepts, config
-        self._by_device: dict[torch.device, TextSide] = {}
+        self._by_device: dict[torch.device, TextSide | torch.Tensor] = {}
 
-    def get(self, device: torch.device) -> TextSide:
+    def get(self, device: torch.device) -> TextSide | torch.Tensor:
         if device not in self._by_device:
-            self._by_device[device] = prepare_text_side(
-                self._concepts, self._config, device, compute_dtype(self._config)
-            )
+            if self._config.variant == "focus":
+                self._by_device[device] = focus_map(self._concepts, self._config, linalg_device(device)).to(
+                    device=device, dtype=compute_dtype(self._config))
+            else:
+                self._by_device[device] = prepare_text_side(
+                    self._concepts, self._config, device, compute_dtype(self._config)
+                )
         return self._by_device[device]
 
 
@@ -88,40 +93,58 @@ def _iter_matrices(
 
 
 def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
-    """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``.
+    """The change ``W - W0`` of one original ``w0`` (compute precision), by ``config.variant``, multiplied by
+    ``config.strength`` below 1 (at 1 and above it is not multiplied: above 1 the method goes further itself,
+    :attr:`ScaPreConfig.reach`; at 1 the published edit is computed exactly as without the dial).
 
     Computed as a change throughout (the solve in the eigenbasis of ``G0``, the Bures step and EGBR
     from per-row float64 scalars), so that it is accurate relative to itself, not to the weight. On the
     direct route (``text.direct``: wide text that fills its space) everything runs in float64 and the
     change is cast to the precision of ``w0`` at the end."""
+    change = method_change(w0, text, stats, config)
+    return change if config.strength >= 1.0 else change * config.strength
+
+
+def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
+    """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength`` scales it
+    down (below 1); above 1 it goes further (:attr:`ScaPreConfig.reach`: erase scale times the reach, what pulls
+    back divided by it). For the focus variant ``text`` is its map ``A`` (:func:`~scapre_core.focus.focus_map`,
+    built with the reach) and the change is ``W0 A``."""
+    if config.variant == "focus":
+        return w0 @ text
     if text.direct and w0.dtype != torch.float64:
-        return _edit_change(to_float64(w0), text, stats, config).to(device=w0.device, dtype=w0.dtype)
-    return _edit_change(w0, text, stats, config)
+        return _method_change(to_float64(w0), text, stats, config).to(device=w0.device, dtype=w0.dtype)
+    return _method_change(w0, text, stats, config)
 
 
-def _edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
+def _method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
     if config.variant == "uce":
         row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
     else:
         row_weights = stats.weights_or_ones(rows, m, w0)
-    data_e = data_term(w0, text, row_weights, config.erase_scale, config.technique)
+    reach, scale = config.reach, config.solve_scale  # 1 and erase_scale up to strength 1
+    data_e = data_term(w0, text, row_weights, scale, config.technique)
 
     if config.variant == "scale":
         spread = None if stats.entropy is None else to_float64(stats.spread)
         mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
+        if reach != 1.0:
+            mu = mu / reach
         lam_prox = config.lam + mu
         row_max = row_weights.max(dim=1).values
-        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, config.erase_scale * row_max, w0)
+        solved = solve_rows(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, scale * row_max, w0)
         change = bures_change(w0, solved - w0, mu, lam_prox, config.bures_iters)
         return egbr_change(w0, change, spread) if config.egbr else change
 
-    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, config.erase_scale), text, 0.0, None, w0)
+    solved = solve_rows(rhs_eig(w0, text, data_e, config.lam, scale), text, 0.0, None, w0)
     if config.variant == "uce":
         return solved - w0
     entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)
     keep = config.alpha_min + (1.0 - config.alpha_min) * entropy
+    if reach != 1.0:
+        keep = 1.0 - (1.0 - keep) / reach
     return keep * (solved - w0)
 
 
@@ -153,12 +176,24 @@ def erase_iter(
     use_given = informax is not None and (with_weights or with_entropy)
     if use_given:
         informax.check_matches(names, concepts, config)
+    if config.strength == 0:  # no edit: nothing to compute, every matrix comes back as it was
+        for index, name in enumerate(names):
+            source = weights[name].detach()
+            if changes:
+                yield name, torch.zeros(source.shape, dtype=compute_dtype(config), device=source.device)
+            else:
+                yield name, source.clone()
+            if progress is not None:
+                progress(index + 1, len(names))
+        return
     texts = _TextCache(concepts, config)
     with full_precision_matmul():
         for name, w0 in _iter_matrices(weights, names, config, device, progress):
             source = weights[name]
             text = texts.get(w0.device)
-            if use_given:
+            if config.variant == "focus":
+                stats = RowStats(row_weights=None, entropy=None)
+            elif use_given:
                 informax.check_weight(name, source)
                 stats = informax.stats[name]
             else:

@@ -1,8 +1,8 @@
 """The authors' published runs as named configurations (SPEC "Published settings", README
 "Recommended settings").
 
-A preset fixes every field of :class:`ScaPreConfig`; ``strength`` scales its erase term around the
-published value and ``seed`` seeds the Informax/entropy noise, the two knobs a user turns most.
+A preset fixes every field of :class:`ScaPreConfig`; ``strength`` scales its change (0 no edit, 1 the published
+edit exactly) and ``seed`` seeds the Informax/entropy noise, the two knobs a user turns most.
 ``custom`` is the pack's defaults (the ``scale`` variant with ``erase_scale 2``, ``p 2``).
 """
 
@@ -58,23 +58,36 @@ PRESETS: dict[str, Preset] = {
         Preset("uce",
                ScaPreConfig(variant="uce", erase_scale=1.0, **_PUBLISHED),
                "the UCE baseline (Gandikota et al. 2024), for comparison: erase_scale 1"),
+        Preset("precise",
+               ScaPreConfig(variant="focus", erase_scale=1.0, focus_rank=2, focus_eps=1e-3, **_PUBLISHED),
+               "BEYOND THE PAPER: each concept is guided to the mean of its nearest look-alikes and only the text "
+               "directions that set it apart from the prompts to keep are edited (focus variant, focus_rank 2); "
+               "needs look-alikes and prompts to keep (ScaPre Concept Encode finds them: look_alikes auto)"),
     )
 }
+#: Presets that are not the authors' published runs (labelled "beyond the paper" wherever they are offered).
+BEYOND_THE_PAPER = ("precise",)
 
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+#: The preset the ScaPre Erase node and the command line start from.
+DEFAULT_PRESET = "custom"
 
 
 def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConfig:
-    """The config of preset ``name`` with ``erase_scale`` multiplied by ``strength`` and the given ``seed``.
+    """The config of preset ``name`` with its ``strength`` multiplied by ``strength`` and the given ``seed``.
 
-    ``strength`` 1 is the published setting, 0 no erase term, 2 twice the published erase scale."""
+    ``strength`` is ``ScaPreConfig.strength``: 0 no edit at all, below 1 that share of the preset's change, 1 the
+    preset exactly as published (the same config, hence the same bits), above 1 the method goes further
+    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
             or strength < 0:
         raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
     base = PRESETS[name].config
-    return base.replace(erase_scale=float(base.erase_scale * strength), seed=seed)
+    if strength == 1:
+        return base.replace(seed=seed)
+    return base.replace(strength=float(base.strength * strength), seed=seed)
 
 
 @dataclass(frozen=True)

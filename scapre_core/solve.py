@@ -154,7 +154,7 @@ def prepare_text_side(
         eigvals, basis = _span_eigh(concepts, config, lin)
     else:
         g0 = config.lam * torch.eye(dim, dtype=f64, device=lin)
-        g0 += config.erase_scale * gram(concepts.contexts, f64, lin, dim)
+        g0 += config.solve_scale * gram(concepts.contexts, f64, lin, dim)
         if preserve_gram is not None:
             g0 += preserve_gram
         if config.variant != "uce":
@@ -213,7 +213,7 @@ def _prepare_direct(concepts: ConceptSet, config: ScaPreConfig, device: torch.de
     dim = concepts.dim
     c = concepts.concept_vecs.to(device=lin, dtype=f64).T  # [d, m]
     contexts = pad_sequences(concepts.contexts, f64, lin)  # zero rows add nothing to G0 or the data term
-    g0 = config.erase_scale * sym_gram(contexts.reshape(-1, dim))
+    g0 = config.solve_scale * sym_gram(contexts.reshape(-1, dim))
     g0.diagonal().add_(config.lam)
     if config.variant != "uce":
         g0 += c @ c.T
@@ -268,7 +268,7 @@ def _span_eigh(concepts: ConceptSet, config: ScaPreConfig, lin: torch.device) ->
     then works in those ``r`` coordinates and leaves the complement of every row as it is (its right-hand
     side is ``prox w0`` there, divided by the same ``prox``)."""
     f64 = torch.float64
-    parts = [math.sqrt(config.erase_scale) * x.to(device=lin, dtype=f64) for x in concepts.contexts]
+    parts = [math.sqrt(config.solve_scale) * x.to(device=lin, dtype=f64) for x in concepts.contexts]
     if config.variant != "uce":
         parts.append(concepts.concept_vecs.to(device=lin, dtype=f64))
     parts += [math.sqrt(config.preserve_scale) * z.to(device=lin, dtype=f64) for z in concepts.preserve_contexts]

@@ -6,6 +6,7 @@ colour of the drawn pixels, nearest palette entry), so no judge has to be traine
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
 from comfyui_scapre.scapre_core import ScaPreConfig
+from comfyui_scapre.scapre_core.presets import DEFAULT_PRESET, preset_config
+from comfyui_scapre.scapre_core.report import ReportBuilder
 from miniworld.evaluate import Ask, concept_set, draw, edited_unet
 from miniworld.model import ModelConfig, cross_attention_weights
 from miniworld.train import TrainConfig, load_world, save_world, train_world
@@ -76,6 +79,46 @@ def test_erasing_a_colour_draws_it_less_and_keeps_the_others(world):
     unet = edited_unet(world, concept_set(world, ["red"]), ScaPreConfig())
     after = rates(world, colours, seed=0, unet=unet)
     assert after["red"] < before["red"], (before, after)
+    for c in colours[1:]:
+        assert after[c] >= before[c] - MARGIN, (c, before, after)
+
+
+def _efficacy(world, concepts, config) -> float:
+    """The report's pooled efficacy of the erased prompt (one concept)."""
+    w0 = cross_attention_weights(world.unet)
+    edited = cross_attention_weights(edited_unet(world, concepts, config))
+    builder = ReportBuilder({"erase": concepts})
+    for name in w0:
+        builder.add(name, w0[name], edited[name])
+    (erased,) = builder.build().group("erase")
+    return erased.efficacy
+
+
+def test_strength_is_monotone_and_zero_is_no_edit(world):
+    """Forgetting red does not decrease (one picture of slack for sampling) and efficacy does not fall as strength
+    grows; strength 0 leaves the UNet bit for bit as it was."""
+    concepts = concept_set(world, ["red"])
+    unet = edited_unet(world, concepts, preset_config(DEFAULT_PRESET, 0.0))
+    assert all(torch.equal(v, world.unet.state_dict()[k]) for k, v in unet.state_dict().items())
+    drawn, efficacy = [], []
+    for strength in (0.0, 0.5, 1.0, 2.0, 4.0):
+        config = preset_config(DEFAULT_PRESET, strength)
+        drawn.append(rates(world, ["red"], seed=1, unet=edited_unet(world, concepts, config))["red"])
+        efficacy.append(_efficacy(world, concepts, config))
+    assert drawn[0] >= 0.5, f"the tiny world does not draw red yet ({drawn}); the test would prove nothing"
+    assert all(b <= a + 1 / IMAGES for a, b in itertools.pairwise(drawn)), drawn
+    assert drawn[-1] < drawn[0], drawn
+    assert efficacy[0] == 0 and all(b >= a for a, b in itertools.pairwise(efficacy)), efficacy
+
+
+def test_default_forgets_a_colour(world):
+    """The node's default preset at strength 1 stops drawing red (at most 1 picture in 10) and keeps the others."""
+    colours = ["red", "yellow", "green", "blue", "white"]
+    before = rates(world, colours, seed=2)
+    assert before["red"] >= 0.5, f"the tiny world does not draw red yet ({before}); the test would prove nothing"
+    after = rates(world, colours, seed=2,
+                  unet=edited_unet(world, concept_set(world, ["red"]), preset_config(DEFAULT_PRESET)))
+    assert after["red"] <= 0.1, (before, after)
     for c in colours[1:]:
         assert after[c] >= before[c] - MARGIN, (c, before, after)
 

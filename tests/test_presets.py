@@ -13,7 +13,8 @@ BASE = dict(
     variant="scale", lam=0.5, erase_scale=2.0, preserve_scale=1.0, technique="replace", p=2.0,
     mi_temperature=0.7, mi_samples=5, noise_sigma=0.01, use_informax=True, entropy_samples=20,
     entropy_bins=20, mu_from_entropy=True, mu=0.1, ased=False, t_sigma=1.0, p_sigma=1.0, bures_iters=1,
-    egbr=False, alpha_min=0.8, svd_residual=False, seed=0, mi_estimator="sampled", precision="float32",
+    egbr=False, alpha_min=0.8, svd_residual=False, seed=0, mi_estimator="sampled", precision="float32", strength=1.0,
+    focus_rank=2, focus_eps=1e-3,
 )
 EXPECTED = {
     "custom": BASE,
@@ -31,6 +32,8 @@ EXPECTED = {
                  "use_informax": False},
     # UCE baseline: lambda 0.5, erase_scale 1
     "uce": {**BASE, "variant": "uce", "erase_scale": 1.0},
+    # beyond the paper: the focus variant (UCE in the concept's own directions), erase_scale 1
+    "precise": {**BASE, "variant": "focus", "erase_scale": 1.0},
 }
 
 
@@ -44,6 +47,15 @@ def test_every_preset_is_listed_and_described():
     assert set(PRESET_NAMES) == set(EXPECTED)
     assert PRESET_NAMES[0] == "custom"
     assert all(PRESETS[name].description for name in PRESET_NAMES)
+
+
+def test_presets_beyond_the_paper_say_so():
+    from comfyui_scapre.scapre_core.presets import BEYOND_THE_PAPER
+
+    assert set(BEYOND_THE_PAPER) == {"precise"}
+    for name in PRESET_NAMES:
+        labelled = "BEYOND THE PAPER" in PRESETS[name].description
+        assert labelled == (name in BEYOND_THE_PAPER), name
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -60,13 +72,14 @@ def test_custom_is_the_config_defaults():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_strength_scales_only_the_erase_scale_and_seed_only_the_seed(name):
+def test_strength_scales_only_the_strength_and_seed_only_the_seed(name):
     base = preset_config(name)
     cfg = preset_config(name, strength=1.5, seed=7)
-    assert cfg.erase_scale == pytest.approx(1.5 * base.erase_scale)
+    assert cfg.strength == pytest.approx(1.5 * base.strength)
     assert cfg.seed == 7
-    assert cfg.replace(erase_scale=base.erase_scale, seed=0) == base
-    assert preset_config(name, strength=0.0).erase_scale == 0.0
+    assert cfg.replace(strength=base.strength, seed=0) == base
+    assert preset_config(name, strength=0.0).strength == 0.0
+    assert preset_config(name, strength=0.0).erase_scale == base.erase_scale
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "1"])

@@ -20,10 +20,12 @@ Each figure is given per world and pooled over the worlds (the pictures of all w
 are 95 % Wilson intervals (quality: mean +- 1.96 standard errors); a pooled interval counts pictures, so the spread
 between worlds shows in the per-world columns, not in it.
 
-Methods: the published settings (``scapre_core.presets``) and the pack's defaults; four of them (uce, many-objects,
-explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike words of the erased
-concepts, and for a pair its two words: what a user protects) and at half and double strength
-(``preset_config(name, strength)``); ``--beyond`` adds settings beyond the paper (no Bures step). Usage (repo root)::
+Methods: every preset of ``scapre_core.presets`` (the published settings, the pack's defaults and ``precise``, beyond
+the paper, whose look-alikes and references are found in the world's own text space: ``focus_concept_set``), precise
+also at 1.5 and 2 times its strength; uce (every published setting with ``--all-methods``) also with preserve prompts
+(the look-alike words of the erased concepts, and for a pair its two words: what a user protects) and at half and
+double strength (``preset_config(name, strength)``); ``--beyond`` adds settings beyond the paper (no Bures step);
+``--sweep`` replaces them by every preset at every strength of ``SWEEP_STRENGTHS``. Usage (repo root)::
 
     python benchmarks/miniworld/bench.py --all-methods       # every world (trained when missing), set and method
     python benchmarks/miniworld/bench.py --worlds clip64 --sets "1 colour" --seeds 0
@@ -45,6 +47,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -58,9 +61,20 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
     import miniworld  # noqa: F401  (its __init__ imports benchmarks/pack.py, which registers scapre_core)
 
 from scapre_core import ScaPreConfig
-from scapre_core.presets import PRESETS, preset_config
+from scapre_core.presets import BEYOND_THE_PAPER, PRESETS, preset_config
 
-from .evaluate import Ask, Reading, accuracy, asked_indices, concept_set, draw, edited_unet, read, wilson
+from .evaluate import (
+    Ask,
+    Reading,
+    accuracy,
+    asked_indices,
+    concept_set,
+    draw,
+    edited_unet,
+    focus_concept_set,
+    read,
+    wilson,
+)
 from .probe import probe_world
 from .train import JudgeConfig, cache_dir, get_judge, load_world
 from .world import COLOUR_NAMES, SHAPES, STYLES, lookalikes
@@ -102,12 +116,39 @@ class Method:
 
 
 def methods(full: bool = False) -> list[Method]:
-    """Every published setting and the defaults; with preserve prompts and at half and double strength: all of
-    them with ``full``, else those that the 2-core budget allows (uce, many-objects, explicit, custom)."""
-    with_options = list(PUBLISHED) if full else ["uce", "many-objects", "explicit", "custom"]
+    """Every preset (the published settings, the defaults and those beyond the paper), the precise preset also at
+    1.5 and 2 times its strength; with preserve prompts and at half and double strength: every published setting
+    with ``full``, else uce (the baseline)."""
+    with_options = [n for n in PUBLISHED if n not in BEYOND_THE_PAPER] if full else ["uce"]
     out = [Method(name, name) for name in PUBLISHED]
+    out += [Method(f"precise x{s:g}", "precise", strength=s) for s in (1.5, 2.0)]
     out += [Method(f"{name} +preserve", name, preserve=True) for name in with_options]
     out += [Method(f"{name} x{s:g}", name, strength=s) for name in with_options if name != "uce" for s in (0.5, 2.0)]
+    return out
+
+
+#: Strengths of the strength sweep (``--sweep``); 1 is the preset itself, 0 needs no drawing (it is the unedited
+#: model, which ``tests/test_strength.py`` checks bit for bit).
+SWEEP_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def sweep(presets: list[str] | None = None, strengths: tuple[float, ...] = SWEEP_STRENGTHS) -> list[Method]:
+    """Every preset (or ``presets``) at every strength of the sweep, labelled ``"<preset> x<strength>"``."""
+    return [Method(f"{name} x{s:g}", name, strength=s) for name in (presets or list(PUBLISHED)) for s in strengths]
+
+
+def sweep_points(rows: dict[str, dict]) -> dict[str, list[tuple[float, dict]]]:
+    """``{preset: [(strength, summary), ...]}`` from a set's rows labelled ``"<preset> x<strength>"`` (the
+    unedited row is strength 0 of every preset)."""
+    out: dict[str, list[tuple[float, dict]]] = {}
+    for label, r in rows.items():
+        m = re.fullmatch(r"(\S+) x([\d.]+)", label)
+        if m and m.group(1) in PUBLISHED:
+            out.setdefault(m.group(1), []).append((float(m.group(2)), r))
+    for points in out.values():
+        if "unedited" in rows:
+            points.append((0.0, rows["unedited"]))
+        points.sort(key=lambda p: p[0])
     return out
 
 
@@ -305,6 +346,14 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
     tallies = {"unedited": Tally.empty()} | {m.label: Tally.empty() for m in all_methods}
     pictures = {}
     sets = {False: concept_set(world, concepts), True: concept_set(world, concepts, list(case.preserve))}
+    chosen = {}
+    if any(m.config(0).variant == "focus" for m in all_methods):  # look-alikes found in the world's own text space
+        sets["focus"], chosen = focus_concept_set(world, concepts)
+        log.info("%s: focus guides %s", name, chosen["guides"])
+
+    def text_side(m: Method):
+        return sets["focus"] if m.config(0).variant == "focus" and not m.preserve else sets[m.preserve]
+
     for seed in seeds:
         base = draw(world, asks, seed, steps=steps, guidance=guidance)
         base_reading = read(judge, base, asks)
@@ -313,14 +362,14 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
             pictures["unedited"] = base[:len(case.asks)]
         for m in all_methods:
             start = time.perf_counter()
-            unet = edited_unet(world, sets[m.preserve], m.config(seed))
+            unet = edited_unet(world, text_side(m), m.config(seed))
             imgs = draw(world, asks, seed, unet=unet, steps=steps, guidance=guidance)
             tallies[m.label].add(case, read(judge, imgs, asks), asks, base_reading, keep)
             if seed == seeds[0]:
                 pictures[m.label] = imgs[:len(case.asks)]
             log.info("%s seed %d %-24s %.1f s  %s", name, seed, m.label, time.perf_counter() - start,
                      {k: v["rate"] if "rate" in v else v["mean"] for k, v in tallies[m.label].summary().items()})
-    return {k: t.summary() for k, t in tallies.items()}, {"case": case, "pictures": pictures}
+    return {k: t.summary() for k, t in tallies.items()}, {"case": case, "pictures": pictures, "focus": chosen}
 
 
 def measure_world(world, judge, steps: int, guidance: float, with_accuracy: bool = True) -> dict:
@@ -337,7 +386,8 @@ def measure_world(world, judge, steps: int, guidance: float, with_accuracy: bool
     model = world.config.model
     return {"train": world.config.key(), "text_encoder": model.text_encoder, "denoiser": model.denoiser,
             "text_dim": model.text_dim, "seed": world.config.seed, "steps": world.trained_steps,
-            "schedule_steps": world.config.steps, "seconds": world.seconds, "final_loss": world.final_loss,
+            "schedule_steps": world.config.steps, "seconds": world.seconds,
+            "cpu_seconds": world.cpu_seconds, "final_loss": world.final_loss,
             "accuracy": acc, "meets_targets": meets, "probe": probe}
 
 
@@ -361,8 +411,10 @@ def world_table(worlds: dict[str, dict]) -> str:
              "end-token share colour / shape / style |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|"]
     for name, w in worlds.items():
         a, p = w.get("accuracy") or {}, w["probe"]
+        cpu = w.get("cpu_seconds")
+        cpu = "" if cpu is None or cpu != cpu else f" ({cpu / 60:.0f} min CPU)"
         lines.append(f"| {name} | {w['text_encoder']} | {w['text_dim']} | {w['seed']} | {w['steps']} steps, "
-                     f"{w['seconds'] / 60:.0f} min | {a.get('colour', '-')} | {a.get('shape', '-')} | "
+                     f"{w['seconds'] / 60:.0f} min{cpu} | {a.get('colour', '-')} | {a.get('shape', '-')} | "
                      f"{a.get('style', '-')} | {a.get('all', '-')} | {w.get('meets_targets')} | "
                      f"{p['colour']['mean']:.2f} / {p['shape']['mean']:.2f} / {p['style']['mean']:.2f} |")
     return "\n".join(lines)
@@ -487,6 +539,42 @@ def save_pareto(path: Path, per_world: dict[str, dict], pooled: dict[str, dict] 
     plt.close(fig)
 
 
+def save_strength_plot(path: Path, per_world: dict[str, dict], pooled: dict[str, dict]) -> bool:
+    """Forgetting (solid), look-alikes kept (dashed) and others kept (dotted) against strength, one line colour per
+    preset; a row per world and one pooled, a column per set. False when no sweep was run."""
+    panels = [*per_world.items(), ("pooled", pooled)]
+    set_names = [s for s in pooled if sweep_points(pooled[s])]
+    if not set_names:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), len(set_names), figsize=(4.2 * len(set_names), 3.3 * len(panels)),
+                             squeeze=False)
+    for row, (world_name, results) in enumerate(panels):
+        for col, set_name in enumerate(set_names):
+            ax = axes[row][col]
+            for preset, points in sweep_points(results.get(set_name, {})).items():
+                xs = [max(x, 0.25) for x, _ in points]  # strength 0 drawn at the left edge of the log axis
+                color = FAMILY_COLOURS.get(preset, "tab:brown")
+                for key, style in (("forget", "-"), ("keep_look", "--"), ("keep_other", ":")):
+                    ax.plot(xs, [r[key]["rate"] for _, r in points], style, color=color, marker=".",
+                            label=preset if key == "forget" else None)
+            ax.axhline(0.1, color="k", lw=0.6, alpha=0.5)
+            ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(f"{world_name}: {set_name}", fontsize=9)
+            ax.set_xlabel("strength (0 drawn at 0.25)", fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, title="forget —, look-alikes --, others ··", title_fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def write_report(out: Path, report: dict) -> None:
     """``results.json``, ``table.md`` and ``pareto.png`` of a report (per-world results plus their pool)."""
     report["pooled"] = pooled_results(report["results"])
@@ -494,6 +582,7 @@ def write_report(out: Path, report: dict) -> None:
     text = table(report["results"], report["pooled"], report.get("worlds"))
     (out / "table.md").write_text(text + "\n")
     save_pareto(out / "pareto.png", report["results"], report["pooled"])
+    save_strength_plot(out / "strength.png", report["results"], report["pooled"])
 
 
 def merge(folders: list[Path], out: Path) -> None:
@@ -514,6 +603,8 @@ def merge(folders: list[Path], out: Path) -> None:
             merged["results"].setdefault(name, {}).update(sets)
         for k in ("concept_sets", "preserve"):
             merged[k].update(r[k])
+        for w, guides in r.get("focus_guides", {}).items():
+            merged.setdefault("focus_guides", {}).setdefault(w, {}).update(guides)
     merged["merged_from"] = [str(f) for f in folders]
     write_report(out, merged)
     sys.stdout.write(table(merged["results"], merged["pooled"], merged["worlds"]) + "\n")
@@ -527,6 +618,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(CONCEPT_SETS), choices=list(CONCEPT_SETS))
     parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: see --all-methods)")
     parser.add_argument("--beyond", action="store_true", help="also settings beyond the paper (see ``beyond``)")
+    parser.add_argument("--sweep", nargs="*", default=None, metavar="PRESET",
+                        help="the strength sweep: these presets (all without names) at every strength of "
+                             "SWEEP_STRENGTHS, instead of the default methods; writes strength.png")
     parser.add_argument("--all-methods", action="store_true",
                         help="preserve prompts and strengths for every published setting, not only four")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -557,7 +651,8 @@ def main() -> None:
         return
 
     judge, judge_acc = get_judge(JudgeConfig())
-    all_methods = methods(args.all_methods) + (beyond() if args.beyond else [])
+    all_methods = sweep(args.sweep) if args.sweep is not None else methods(args.all_methods)
+    all_methods += beyond() if args.beyond else []
     if args.methods:
         all_methods = [m for m in all_methods if m.label in args.methods]
     rows = ["unedited", *(m.label for m in all_methods)]
@@ -576,6 +671,8 @@ def main() -> None:
                                      SIZES[name], args.steps, args.guidance, tuple(args.keep))
             report["results"][world_name][name] = results
             report["preserve"][name] = list(extra["case"].preserve)
+            if extra["focus"]:
+                report.setdefault("focus_guides", {}).setdefault(world_name, {})[name] = extra["focus"]["guides"]
             write_report(out, report)  # after every set
             save_grid(out / f"grid-{world_name}-{name.replace(' ', '-')}.png", extra, rows)
     sys.stdout.write(table(report["results"], report["pooled"], report["worlds"]) + "\n")

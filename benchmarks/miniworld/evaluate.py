@@ -15,11 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from scapre_core import ConceptSet, ScaPreConfig, erase
+from scapre_core.focus import nearest, neighbour_guide, reference_gram
 
 from .judge import Judge
 from .model import UNet, cross_attention_weights
 from .train import World
 from .world import COLOUR_NAMES, SHAPES, STYLES, prompt
+
+#: Every concept word the world knows: the candidates for look-alikes and references (a model's "vocabulary").
+VOCABULARY = (*COLOUR_NAMES, *SHAPES, *STYLES[1:])
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,40 @@ def concept_set(world: World, concepts: list[str], preserve: list[str] = ()) -> 
         kwargs = {"preserve": list(pres_enc), "preserve_last": pres_last, "preserve_texts": list(preserve)}
     return ConceptSet.from_embeddings(list(erase_enc), erase_last, [empty] * len(concepts), [0] * len(concepts),
                                       empty, erase_texts=list(concepts), guide_texts=[""] * len(concepts), **kwargs)
+
+
+def neighbours(world: World, concepts: list[str], k: int, candidates: tuple[str, ...] = VOCABULARY) -> list[list[str]]:
+    """For each concept, its ``k`` nearest candidates in the world's own text space (cosine of the encodings at the
+    last word token, as ``ConceptSet.concept_vecs``), the erased concepts left out."""
+    enc, last = world.encode(list(candidates))
+    cenc, clast = world.encode(list(concepts))
+    vecs = torch.stack([e[f] for e, f in zip(enc, last, strict=True)])
+    cvecs = torch.stack([e[f] for e, f in zip(cenc, clast, strict=True)])
+    erased = {i for i, c in enumerate(candidates) if c in concepts}
+    return [[candidates[i] for i in row] for row in nearest(cvecs, vecs, k, [erased] * len(concepts))]
+
+
+def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int = 2, preserve: list[str] = (),
+                      candidates: tuple[str, ...] = VOCABULARY) -> tuple[ConceptSet, dict]:
+    """The text side of the focus variant with look-alikes found automatically: each concept guided to the mean of
+    its ``guide_neighbours`` nearest candidates, and every candidate that is not erased (plus ``preserve``) as a
+    reference, and the empty prompt. Returns the set and what was chosen
+    (``{"guides": {concept: [words]}, "references": [...]}``)."""
+    near = neighbours(world, concepts, guide_neighbours, candidates)
+    erase_enc, erase_last = world.encode(list(concepts))
+    (empty,), _ = world.encode([""])
+    guides, guide_last = [], []
+    for words in near:
+        enc, last = world.encode(words)
+        guide, f = neighbour_guide(list(enc), last)
+        guides.append(guide)
+        guide_last.append(f)
+    references = [c for c in candidates if c not in concepts] + [p for p in preserve if p not in candidates] + [""]
+    ref_enc, ref_last = world.encode(references)
+    cs = ConceptSet.from_embeddings(list(erase_enc), erase_last, guides, guide_last, empty,
+                                    erase_texts=list(concepts), guide_texts=[" + ".join(w) for w in near])
+    cs = cs.with_references(reference_gram(list(ref_enc), ref_last))
+    return cs, {"guides": dict(zip(concepts, near, strict=True)), "references": references}
 
 
 def edited_unet(world: World, concepts: ConceptSet, config: ScaPreConfig) -> UNet:

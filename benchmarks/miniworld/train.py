@@ -69,6 +69,7 @@ class World:
     seconds: float
     final_loss: float  # mean eps loss of the last 200 training steps
     trained_steps: int  # less than ``config.steps`` for a checkpoint saved during training
+    cpu_seconds: float = float("nan")  # processor time of the training (wall ``seconds`` grows with the machine's load)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
@@ -104,7 +105,7 @@ def train_world(cfg: TrainConfig, log_every: int = 200,
     ema_params = [*ema_text.parameters(), *ema_unet.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     schedule = Schedule()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     running, recent = 0.0, []
     for step in range(cfg.steps):
         for group in opt.param_groups:
@@ -132,19 +133,20 @@ def train_world(cfg: TrainConfig, log_every: int = 200,
             running = 0.0
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             checkpoint(World(cfg, ema_text, ema_unet, schedule, time.perf_counter() - start,
-                             sum(recent) / len(recent), step + 1))
+                             sum(recent) / len(recent), step + 1, time.process_time() - cpu_start))
     seconds = time.perf_counter() - start
     final = sum(recent) / max(1, len(recent))
     ema_text.eval()
     ema_unet.eval()
-    return World(cfg, ema_text, ema_unet, schedule, seconds, final, cfg.steps)
+    return World(cfg, ema_text, ema_unet, schedule, seconds, final, cfg.steps, time.process_time() - cpu_start)
 
 
 def save_world(world: World, path: Path) -> None:
     tensors = {f"text_encoder.{k}": v.contiguous() for k, v in world.text_encoder.state_dict().items()}
     tensors.update({f"unet.{k}": v.contiguous() for k, v in world.unet.state_dict().items()})
     meta = {"train": json.dumps({**asdict(world.config), "model": world.config.model.to_dict()}),
-            "seconds": f"{world.seconds:.1f}", "final_loss": f"{world.final_loss:.5f}",
+            "seconds": f"{world.seconds:.1f}", "cpu_seconds": f"{world.cpu_seconds:.1f}",
+            "final_loss": f"{world.final_loss:.5f}",
             "trained_steps": str(world.trained_steps)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -166,7 +168,8 @@ def load_world(path: Path) -> World:
     text_encoder.eval()
     unet.eval()
     steps = int(meta.get("trained_steps", cfg.steps))
-    return World(cfg, text_encoder, unet, Schedule(), float(meta["seconds"]), float(meta["final_loss"]), steps)
+    return World(cfg, text_encoder, unet, Schedule(), float(meta["seconds"]), float(meta["final_loss"]), steps,
+                 float(meta.get("cpu_seconds", "nan")))
 
 
 def get_world(cfg: TrainConfig, cache: Path | None = None, log_every: int = 200) -> World:
@@ -182,8 +185,8 @@ def get_world(cfg: TrainConfig, cache: Path | None = None, log_every: int = 200)
 
     world = train_world(cfg, log_every, checkpoint, checkpoint_every=500 if cfg.steps > 1000 else 0)
     save_world(world, path)
-    log.info("world: trained in %.0f s, final eps loss %.4f (mean of the last 200 steps); saved %s",
-             world.seconds, world.final_loss, path)
+    log.info("world: trained in %.0f s (%.0f s of processor time), final eps loss %.4f (mean of the last 200 "
+             "steps); saved %s", world.seconds, world.cpu_seconds, world.final_loss, path)
     return world
 
 

@@ -41,6 +41,7 @@ class EraseJob:
     guide: str
     preserve: str
     report_tokens: str = "key"
+    look_alikes: str = "off"
 
 
 def _output(value: str | None, what: str) -> Path | None:
@@ -83,10 +84,11 @@ def prepare(args) -> EraseJob:
     origin = {"source": "command line", "preset": args.preset, "strength": float(args.strength)}
     if args.settings is not None:
         origin["settings_file"] = str(Path(args.settings).name)
+    look_alikes = getattr(args, "look_alikes", None) or ("auto" if settings.config.variant == "focus" else "off")
     return EraseJob(checkpoint=checkpoint.resolve(), concepts=concepts, settings=settings, out=out, lora=lora,
                     rank=args.rank, dtype=dtype, origin=origin, concept_type=args.concept_type,
                     expand_templates=args.expand_templates, guide=args.guide, preserve=args.preserve or "",
-                    report_tokens=getattr(args, "report_tokens", "key"))
+                    report_tokens=getattr(args, "report_tokens", "key"), look_alikes=look_alikes)
 
 
 def _read_json(path: str) -> dict:
@@ -162,7 +164,7 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
         plan = plan_prompts(job.concepts, job.concept_type, job.expand_templates, "", job.guide, job.preserve, "")
         for warning in plan.warnings:
             log.warning("%s", warning)
-        concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"))
+        concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"), job.look_alikes)
         edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"),
                                    origin=job.origin, report_tokens=job.report_tokens)
         lines = []

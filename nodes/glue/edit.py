@@ -4,6 +4,7 @@ MODEL (patches on exactly the weights its architecture reads text with) and its 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -101,6 +102,20 @@ class StreamInput:
     stream: Stream
     targets: list[Target]
     sets: StreamSets
+
+
+def _focus_inputs(arch: Architecture, inputs: list[StreamInput], concepts: EncodedConcepts) -> list[StreamInput]:
+    """The focus variant (preset precise, beyond the paper) edits with its own text side (look-alike guides and
+    references from ScaPre Concept Encode), built on the text encoder's output as the UNet reads it."""
+    if concepts.focus is None:
+        raise ValueError("the focus variant (preset precise, beyond the paper) needs look-alikes: set look_alikes "
+                         "to auto (or preserve prompts) in ScaPre Concept Encode, or pick another preset")
+    plain = [i for i in inputs if i.stream.source == "cond" and i.stream.projection is None and not i.stream.masked]
+    if len(plain) != len(inputs):
+        raise ValueError(f"the focus variant (preset precise, beyond the paper) is for models whose cross-attention "
+                         f"reads the text encoder's output directly (SD1.x, SD2.x, SDXL); this MODEL is {arch.name}: "
+                         "pick a published preset")
+    return [dataclasses.replace(i, sets=dataclasses.replace(i.sets, erase=concepts.focus)) for i in inputs]
 
 
 def stream_inputs(model, concepts: EncodedConcepts, edit: str = "keys and values"
@@ -206,6 +221,10 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
             "informax": "from ScaPre Informax" if given else "computed here",
             "replaced_by_informax": replaced}
     arch, inputs = stream_inputs(model, concepts, edit)
+    if config.variant == "focus":
+        inputs = _focus_inputs(arch, inputs, concepts)
+        warnings.append("focus variant (beyond the paper); look-alikes: " + "; ".join(
+            f"{c} -> {', '.join(n)}" for c, n in (concepts.look_alikes or {}).items()))
     if not arch.published:
         warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}. Measured on "
                         "weights only (the report), not on images: check with ScaPre Compare")

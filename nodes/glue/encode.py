@@ -19,15 +19,28 @@ token in that segment).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from ...scapre_core import ConceptSet
+from ...scapre_core.focus import nearest, neighbour_guide, reference_gram
 from ...scapre_core.prompts import PromptPlan
+from ...scapre_core.vocabulary import CANDIDATES, candidates_for
 from .architectures import QWEN_IM_END, ClipLayout, clip_layout
 from .payloads import EncodedConcepts
+
+#: ``look_alikes`` of ScaPre Concept Encode (beyond the paper; read by the focus variant, preset precise): auto =
+#: candidates from scapre_core.vocabulary plus the preserve prompts; preserve prompts = only those; off = none.
+LOOK_ALIKES = ("auto", "preserve prompts", "off")
+#: Look-alikes that guide each concept (their mean encoding is its guide).
+GUIDE_NEIGHBOURS = 2
+#: The candidates' encodings per CLIP object (a clone, e.g. with a LoRA, is another key), encoded once in fixed
+#: batches of the fixed list, so that they never depend on what else was encoded (ENCODE_BATCH packing rounds).
+_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 #: Prompts encoded per text-encoder call. ComfyUI encodes a multi-chunk prompt as a batch of
 #: independent sequences, so several prompts packed as chunks of one call give the numbers of
@@ -147,6 +160,11 @@ class PromptEncoder:
                 vec = pooled.detach().reshape(-1).to(device="cpu", dtype=torch.float32).clone()
             segments = self._segments(text, tokenized[text], length, visible)
             self._cache[text] = Encoding(compress_tail(rows), length, segments, vec)
+
+    def add(self, encoded: Mapping[str, Encoding]) -> None:
+        """Take over encodings made elsewhere with the same CLIP (e.g. :func:`candidate_encodings`)."""
+        for text, value in encoded.items():
+            self._cache.setdefault(text, value)
 
     def __call__(self, text: str) -> Encoding:
         if text not in self._cache:
@@ -290,12 +308,40 @@ def _projected(enc: Encoding, source: str, project: Callable[[torch.Tensor], tor
     return enc.with_rows(compress_tail(project(enc.rows)))
 
 
+def candidate_encodings(clip, step: Callable[[int, int], None] | None = None) -> dict[str, Encoding]:
+    """``{candidate: (encoding, last word index)}`` for every entry of ``scapre_core.vocabulary.CANDIDATES``."""
+    try:
+        cached = _POOL.get(clip)
+    except TypeError:  # an object that cannot be weakly referenced: no cache
+        cached = None
+    if cached is None:
+        encode = PromptEncoder(clip)
+        encode.encode_all(list(CANDIDATES), step)
+        cached = {text: encode(text) for text in CANDIDATES}
+        try:
+            _POOL[clip] = cached
+        except TypeError:
+            pass
+    return cached
+
+
 def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
-                    step: Callable[[int, int], None] | None = None) -> EncodedConcepts:
-    """Encode every prompt of ``plan`` (erase, guides, preserve, probes) once, with ``clip``.
+                    step: Callable[[int, int], None] | None = None, look_alikes: str = "off") -> EncodedConcepts:
+    """Encode every prompt of ``plan`` (erase, guides, preserve, probes) once, with ``clip``; with ``look_alikes``
+    (``LOOK_ALIKES``) also the candidates of the focus variant (:func:`focus_concepts`).
 
     ``step(done, total)`` is called after each batch and may raise to cancel."""
+    if look_alikes not in LOOK_ALIKES:
+        raise ValueError(f"look_alikes must be one of {list(LOOK_ALIKES)}, got {look_alikes!r}")
     encode = PromptEncoder(clip)
+    candidates = []
+    if look_alikes != "off":
+        pool = CANDIDATES if look_alikes == "auto" else ()
+        candidates = candidates_for(list(plan.concepts), list(plan.preserve), pool)
+        if not candidates:
+            raise ValueError("look_alikes 'preserve prompts' needs preserve prompts that are not erased: type some "
+                             "(look-alikes of what you erase and other things to keep), or choose auto or off")
+    # the edit's own prompts first, batched exactly as without look-alikes (packing rounds), then the rest
     texts = ["", *plan.prompts, *plan.guides, *plan.preserve, *plan.probes]
     encode.encode_all(texts, step)
     encodings = {t: encode(t) for t in dict.fromkeys(texts)}
@@ -306,6 +352,16 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
                 raise ValueError(f"{what} {text!r} has no word tokens after tokenization; write a word")
     concept_of = {p: plan.concepts[j] for p, j in zip(plan.prompts, plan.concept_index, strict=True)}
     sets = stream_sets(plan, encodings, concept_of=concept_of)
+    focus, chosen = None, None
+    if candidates:
+        if len(encodings[""].segments) != 1:
+            raise ValueError(f"look-alikes (the focus variant, preset precise, beyond the paper) work with one text "
+                             f"encoder's tokens (SD1.x, SD2.x, SDXL); this text encoder is "
+                             f"{encode.layout.description}: set look_alikes to off")
+        if look_alikes == "auto":
+            encode.add(candidate_encodings(clip, step))
+        encode.encode_all([*plan.concepts, *candidates], step)
+        focus, chosen = focus_concepts(encode, plan, candidates)
     return EncodedConcepts(
         erase=sets.erase,
         plan=plan,
@@ -315,4 +371,53 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
         concept_type=concept_type,
         encodings=encodings,
         text_encoder=encode.layout.name,
+        focus=focus,
+        look_alikes=chosen,
     )
+
+
+def _tokens_of(encode: PromptEncoder, text: str) -> tuple[torch.Tensor, int]:
+    """``(rows [length, d], last word row)`` of ``text`` (one encoder segment, as the UNet reads it)."""
+    enc = encode(text)
+    (segment,) = enc.segments
+    last = segment.last_word if segment.last_word is not None else segment.start
+    return enc.slice(0, enc.length), last
+
+
+def focus_concepts(encode: PromptEncoder, plan: PromptPlan,
+                   candidates: list[str]) -> tuple[ConceptSet, dict[str, tuple[str, ...]]]:
+    """The focus variant's text side: every erase prompt guided to the mean of the same prompt with each of its
+    concept's ``GUIDE_NEIGHBOURS`` nearest candidates in place of the concept (nearest by the encodings at the last
+    word token, the model's own text space), unless a guide was typed; every candidate (the preserve prompts are
+    candidates) and the empty prompt as references. Returns it and the look-alikes per concept.
+    """
+    cand_seqs, cand_last = zip(*(_tokens_of(encode, c) for c in candidates), strict=True)
+    concept_seqs, concept_last = zip(*(_tokens_of(encode, c) for c in plan.concepts), strict=True)
+    cand_vecs = torch.stack([s[f] for s, f in zip(cand_seqs, cand_last, strict=True)])
+    concept_vecs = torch.stack([s[f] for s, f in zip(concept_seqs, concept_last, strict=True)])
+    near = nearest(concept_vecs, cand_vecs, GUIDE_NEIGHBOURS)
+    chosen = {c: tuple(candidates[i] for i in row) for c, row in zip(plan.concepts, near, strict=True)}
+    neighbour_prompts = [p.replace(plan.concepts[j], n) for p, j in zip(plan.prompts, plan.concept_index, strict=True)
+                         for n in chosen[plan.concepts[j]]]
+    encode.encode_all(neighbour_prompts)
+    empty, _ = _tokens_of(encode, "")
+    guides, guide_last, guide_texts = [], [], []
+    for p, j, typed in zip(plan.prompts, plan.concept_index, plan.guides, strict=True):
+        if typed:
+            seq, last = _tokens_of(encode, typed)
+            guides.append(seq)
+            guide_last.append(last)
+            guide_texts.append(typed)
+            continue
+        names = chosen[plan.concepts[j]]
+        seqs, lasts = zip(*(_tokens_of(encode, p.replace(plan.concepts[j], n)) for n in names), strict=True)
+        seq, last = neighbour_guide(list(seqs), list(lasts))
+        guides.append(seq)
+        guide_last.append(last)
+        guide_texts.append(" + ".join(p.replace(plan.concepts[j], n) for n in names))
+    erase_seqs, erase_last = zip(*(_tokens_of(encode, p) for p in plan.prompts), strict=True)
+    focus = ConceptSet.from_embeddings(list(erase_seqs), list(erase_last), guides, guide_last, empty,
+                                       erase_texts=plan.prompts, guide_texts=guide_texts)
+    # the references: every candidate (the preserve prompts are among them, counted once) and the empty prompt
+    gram = reference_gram([*cand_seqs, empty], [*cand_last, 0])
+    return focus.with_references(gram), chosen

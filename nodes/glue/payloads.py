@@ -47,6 +47,8 @@ class EncodedConcepts(_Shared):
     #: builds each model's own contexts; and the text encoder's layout name (``glue.architectures``).
     encodings: Mapping[str, Any] = field(default_factory=dict)
     text_encoder: str = ""
+    focus: ConceptSet | None = None  # the focus variant's text side (look-alike guides, references); None: off
+    look_alikes: Mapping[str, tuple[str, ...]] | None = None  # per concept, the look-alikes that guide it
 
     def concept_of(self) -> dict[str, str]:
         return {p: self.plan.concepts[j] for p, j in zip(self.plan.prompts, self.plan.concept_index, strict=True)}
@@ -57,6 +59,7 @@ class EncodedConcepts(_Shared):
             "guides": sorted(set(self.plan.guides)), "preserve": list(self.plan.preserve),
             "probes": list(self.plan.probes), "concept_type": self.concept_type, "text_width": self.width,
             **({"text_encoder": self.text_encoder} if self.text_encoder else {}),
+            **({"look_alikes": {k: list(v) for k, v in self.look_alikes.items()}} if self.look_alikes else {}),
         }
 
 

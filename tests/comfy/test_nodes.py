@@ -12,6 +12,7 @@ from pathlib import Path
 
 import comfy_support
 import pytest
+import torch
 
 log = logging.getLogger("scapre.comfy_tests")
 
@@ -118,8 +119,9 @@ def test_pack_registers_exactly_its_nodes_with_help(scapre_nodes):
             assert item.tooltip, f"{node_id}.{item.id} has no tooltip"
         assert (PACK_ROOT / "web" / "docs" / f"{node_id}.md").is_file()
     fields = {f.name for f in dataclasses.fields(_core(scapre_nodes).ScaPreConfig)}
-    for node_id in ("ScaPreErase", "ScaPreSettings"):  # every config field is an input of the same name
-        assert fields <= {i.id for i in scapre_nodes.node_class(node_id).GET_SCHEMA().inputs}
+    # every config field is an input of the same name (the legacy node: those it had, in their saved order)
+    assert fields <= {i.id for i in scapre_nodes.node_class("ScaPreSettings").GET_SCHEMA().inputs}
+    assert set(LEGACY_WIDGETS[1:]) <= {i.id for i in scapre_nodes.node_class("ScaPreErase").GET_SCHEMA().inputs}
 
 
 def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
@@ -136,14 +138,19 @@ def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
     assert report_tokens.optional and report_tokens.default == "key" and list(report_tokens.options) == ["key", "full"]
     assert "key" in report_tokens.tooltip and "full" in report_tokens.tooltip
     presets = next(i for i in simple.inputs if i.id == "preset")
-    assert list(presets.options) == list(_core(scapre_nodes).presets.PRESET_NAMES) and presets.default == "custom"
+    core = _core(scapre_nodes)
+    assert list(presets.options) == list(core.presets.PRESET_NAMES)
+    assert presets.default == core.presets.DEFAULT_PRESET and core.presets.DEFAULT_PRESET in presets.tooltip
+    strength = next(i for i in simple.inputs if i.id == "strength")
+    assert (strength.min, strength.max, strength.default) == (0.0, 10.0, 1.0) and "0 = no edit" in strength.tooltip
     sockets = {"model", "concepts", "informax"}
     assert [i.id for i in legacy.inputs if i.id not in sockets] == LEGACY_WIDGETS
-    assert [i.id for i in settings.inputs] == LEGACY_WIDGETS  # the same widgets, same order, same defaults
+    # the same widgets, same order, same defaults; fields added later come after them (Settings only)
+    assert [i.id for i in settings.inputs] == [*LEGACY_WIDGETS, "strength", "focus_rank", "focus_eps"]
     legacy_defaults = {i.id: i.default for i in legacy.inputs if i.id not in sockets}
-    assert {i.id: i.default for i in settings.inputs} == legacy_defaults
-    assert {i.id: i.tooltip for i in settings.inputs} == {i.id: i.tooltip for i in legacy.inputs
-                                                          if i.id not in sockets}
+    assert {i.id: i.default for i in settings.inputs if i.id in legacy_defaults} == legacy_defaults
+    assert {i.id: i.tooltip for i in settings.inputs if i.id in legacy_defaults} == {
+        i.id: i.tooltip for i in legacy.inputs if i.id not in sockets}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,6 +355,27 @@ def test_saved_checkpoint_holds_the_edited_weights(scapre_nodes, sd15_loaded, sd
 # bad input, cancel
 # ------------------------------------------------------------------------------------------------
 
+def test_look_alikes_are_found_shown_and_used_by_the_precise_preset(scapre_nodes, sd15_loaded, sd15_edit):
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    found = _encode(c, clip, concepts="cat", preserve="dog", probes="", look_alikes="auto")
+    payload = found[0]
+    (near,) = payload.look_alikes.values()
+    assert list(payload.look_alikes) == ["cat"] and len(near) == 2 and "cat" not in near
+    assert f"look-alikes of cat: {', '.join(near)}" in found.ui["text"][0]
+    precise = _erase_simple(c, model, payload, preset="precise")
+    note = f"look-alikes: cat -> {', '.join(near)}"
+    assert any(note in w for w in precise[1].warnings) and any(note in w for w in precise.ui["scapre_summary"][0]
+                                                               ["warnings"])
+    assert precise[1].info["look_alikes"] == {"cat": list(near)} and _diffs(precise[0])
+    (plain,) = _encode(c, clip, concepts="cat", preserve="dog", probes="", look_alikes="off")
+    with pytest.raises(ValueError, match="look_alikes"):
+        _erase_simple(c, model, plain, preset="precise")
+    # the published presets do not read the look-alikes: the same edit with and without them
+    uce = _erase_simple(c, model, payload, preset="uce")
+    assert _same_edit(uce[0], _erase_simple(c, model, plain, preset="uce")[0])
+
+
 def test_bad_inputs_give_clear_errors(scapre_nodes, sd15_loaded, sd15_edit):
     c = scapre_nodes
     model, clip, _ = sd15_loaded
@@ -389,22 +417,36 @@ def test_preset_erase_equals_the_legacy_node_with_the_published_fields(scapre_no
                                                                        preset):
     c = scapre_nodes
     model = sd15_loaded[0]
-    simple = _erase_simple(c, model, sd15_edit["concepts"], preset=preset, strength=1.5, seed=3)
-    config = _core(c).presets.preset_config(preset, 1.5, 3)
-    legacy = _erase(c, model, sd15_edit["concepts"], **config.to_dict())
+    simple = _erase_simple(c, model, sd15_edit["concepts"], preset=preset, strength=1.0, seed=3)
+    config = _core(c).presets.preset_config(preset, 1.0, 3)
+    legacy_values = {k: v for k, v in config.to_dict().items() if k in LEGACY_WIDGETS}
+    legacy = _erase(c, model, sd15_edit["concepts"], **legacy_values)
     assert _same_edit(simple[0], legacy[0])
     assert simple[1].config == config.to_dict()
     assert simple.ui["scapre_summary"][0]["matrices"] == 32
+    # strength 1.5: the Settings node with the same fields, and 1.5 times the published change
+    stronger = _erase_simple(c, model, sd15_edit["concepts"], preset=preset, strength=1.5, seed=3)
+    (settings,) = c.run_node("ScaPreSettings", edit="keys and values",
+                             **_core(c).presets.preset_config(preset, 1.5, 3).to_dict())
+    assert _same_edit(stronger[0], _erase_simple(c, model, sd15_edit["concepts"], settings=settings)[0])
+    one, more = _diffs(simple[0]), _diffs(stronger[0])
+    assert all(torch.allclose(more[k].float(), 1.5 * one[k].float(), rtol=1e-3, atol=1e-6) for k in one)
 
 
-def test_custom_preset_is_the_legacy_defaults(scapre_nodes, sd15_loaded, sd15_edit):
+def test_default_preset_is_the_legacy_defaults_and_strength_zero_is_no_edit(scapre_nodes, sd15_loaded, sd15_edit):
     c = scapre_nodes
     model = sd15_loaded[0]
-    simple = _erase_simple(c, model, sd15_edit["concepts"])
-    legacy = _erase(c, model, sd15_edit["concepts"])
+    default = _core(c).presets.DEFAULT_PRESET
+    simple = _erase_simple(c, model, sd15_edit["concepts"], preset=default)
+    config = _core(c).presets.preset_config(default)
+    legacy_values = {k: v for k, v in config.to_dict().items() if k in LEGACY_WIDGETS}
+    legacy = _erase(c, model, sd15_edit["concepts"], **legacy_values)
     assert _same_edit(simple[0], legacy[0])
-    weaker = _erase_simple(c, model, sd15_edit["concepts"], strength=0.5)
-    assert weaker[1].config["erase_scale"] == 1.0 and not _same_edit(weaker[0], simple[0])
+    weaker = _erase_simple(c, model, sd15_edit["concepts"], preset=default, strength=0.5)
+    assert weaker[1].config["strength"] == 0.5 * config.strength and not _same_edit(weaker[0], simple[0])
+    none = _erase_simple(c, model, sd15_edit["concepts"], preset=default, strength=0.0)
+    assert not any(bool(d.any()) for d in _diffs(none[0]).values())
+    assert all(p.efficacy == 0 for p in none[1].group("erase"))
 
 
 def test_settings_node_replaces_preset_strength_and_seed(scapre_nodes, sd15_loaded, sd15_edit):

@@ -1,0 +1,157 @@
+"""The strength dial (``ScaPreConfig.strength``, ``preset_config(name, strength)``): 0 is no edit, 1 the published
+edit bit for bit, between them a share of its change, above 1 the method itself goes further (erase scale up, what
+pulls the change back down) towards mapping the erased prompts onto their guides."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from comfyui_scapre.scapre_core import ScaPreConfig, erase, erase_iter
+from comfyui_scapre.scapre_core.presets import PRESET_NAMES, PRESETS, preset_config
+from comfyui_scapre.scapre_core.report import ReportBuilder
+from helpers import clip_like_concepts, random_concepts, random_weights
+
+#: Every preset's float64 edit of the inputs below as the code computed it before the strength dial existed
+#: (main at 7d061a6): (Frobenius norm of the change, its inner product with a fixed random matrix).
+BEFORE_STRENGTH = {
+    "custom": (6.4551617712468605, -10.265220714722536),
+    "few-objects": (7.264941607152789, -11.565486298288016),
+    "many-objects": (5.9968153189503015, -6.967875604139373),
+    "artists": (5.917399368227541, -6.472959947008785),
+    "explicit": (10.373089218762985, -19.905992000933182),
+    "uce": (12.906871017962528, -24.06231861060454),
+}
+PAPER_PRESETS = tuple(BEFORE_STRENGTH)
+
+
+def _inputs():
+    cs, _ = random_concepts(m=2, dim=24, length=12, seed=3)
+    w = random_weights({"a.to_k": (40, 24), "b.to_v": (56, 24)}, seed=4, dtype=torch.float64)
+    probe = torch.Generator().manual_seed(9)
+    proj = {k: torch.randn(v.shape, generator=probe, dtype=torch.float64) for k, v in w.items()}
+    return cs, w, proj
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_strength_one_is_the_edit_from_before_the_dial(name):
+    cs, w, proj = _inputs()
+    out = erase(w, cs, preset_config(name, 1.0, seed=5).replace(precision="float64"))
+    norm = sum(float((out[k] - w[k]).pow(2).sum()) for k in w) ** 0.5
+    dot = sum(float(((out[k] - w[k]) * proj[k]).sum()) for k in w)
+    assert (norm, dot) == pytest.approx(BEFORE_STRENGTH[name], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_strength_one_is_the_published_config_and_its_bits(name):
+    published = PRESETS[name].config
+    assert preset_config(name, 1.0, seed=3) == published.replace(seed=3)
+    assert preset_config(name, 1, seed=3).strength == 1.0
+    cs = clip_like_concepts(3, 48, seed=1)
+    w = random_weights({"k": (64, 48), "v": (32, 48)}, seed=2)
+    unscaled = erase(w, cs, published.replace(seed=3))
+    dialled = erase(w, cs, preset_config(name, 1.0, seed=3))
+    assert all(torch.equal(unscaled[k], dialled[k]) for k in w)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_strength_zero_returns_the_weights_unchanged(name, dtype):
+    cs, _ = random_concepts(m=2, dim=16, seed=1)
+    w = random_weights({"k": (24, 16), "v": (8, 16)}, seed=2, dtype=dtype)
+    out = erase(w, cs, preset_config(name, 0.0))
+    assert all(torch.equal(out[k], w[k]) and out[k] is not w[k] for k in w)
+    changes = dict(erase_iter(w, cs, preset_config(name, 0.0), changes=True))
+    assert all(not bool(changes[k].any()) and changes[k].shape == w[k].shape for k in w)
+
+
+def test_strength_zero_reports_progress_and_can_cancel():
+    cs, _ = random_concepts(m=1, dim=16, seed=1)
+    w = random_weights({"a": (8, 16), "b": (8, 16), "c": (8, 16)}, seed=2)
+    seen = []
+
+    def step(done, total):
+        seen.append((done, total))
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        erase(w, cs, ScaPreConfig(strength=0.0), progress=step)
+    assert seen == [(1, 3), (2, 3)]
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_strength_below_one_multiplies_the_change(name):
+    cs, w, _ = _inputs()
+    one = erase(w, cs, preset_config(name, 1.0).replace(precision="float64"))
+    for s in (0.25, 0.5, 0.9):
+        out = erase(w, cs, preset_config(name, s).replace(precision="float64"))
+        for k in w:
+            assert torch.allclose(out[k] - w[k], s * (one[k] - w[k]), rtol=1e-12, atol=1e-12), (name, s, k)
+
+
+def _further(config: ScaPreConfig, s: float) -> ScaPreConfig:
+    """What strength ``s`` > 1 means, written as the published fields: erase scale times ``s``, what pulls back
+    (a constant mu, the small variant's rollback 1 - alpha_min) divided by ``s``."""
+    return config.replace(erase_scale=config.erase_scale * s, mu=config.mu / s,
+                          alpha_min=1.0 - (1.0 - config.alpha_min) / s)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("s", [1.5, 4.0])
+def test_strength_above_one_raises_the_erase_scale_and_lowers_the_pull_back(name, s):
+    cs, w, _ = _inputs()
+    config = preset_config(name, 1.0).replace(precision="float64", mu_from_entropy=False, mu=0.2)
+    out = erase(w, cs, config.replace(strength=s))
+    same = erase(w, cs, _further(config, s))
+    # identical arithmetic except the small variant's rollback, written differently (1 - (1 - keep) / s)
+    exact = config.variant != "small"
+    for k in w:
+        if exact:
+            assert torch.equal(out[k], same[k]), (name, k)
+        else:
+            assert torch.allclose(out[k], same[k], rtol=1e-12, atol=1e-12), (name, k)
+    assert not all(torch.allclose(out[k] - w[k], s * (erase(w, cs, config)[k] - w[k])) for k in w)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_strength_does_not_overshoot(name):
+    """Large strengths approach a limit (the erased prompts mapped onto their guides) instead of growing
+    without bound as a multiplied change would."""
+    cs, w, _ = _inputs()
+
+    def change(s):
+        out = erase(w, cs, preset_config(name, s, seed=1).replace(precision="float64"))
+        return torch.cat([(out[k] - w[k]).flatten() for k in w])
+
+    one, big, bigger = change(1.0), change(1e4), change(1e5)
+    assert float((bigger - big).norm()) < 1e-2 * float(big.norm())
+    assert float(big.norm()) < 10 * float(one.norm())
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+@pytest.mark.parametrize("prompts", [1, 3])
+def test_efficacy_grows_with_strength(name, prompts):
+    """The report's efficacy is non-decreasing in strength, from 0 at strength 0: every prompt's when one prompt is
+    erased, their mean when several are (above 1 the joint solve may trade a little between prompts)."""
+    cs = clip_like_concepts(prompts, 48, seed=4)
+    w = random_weights({"k": (64, 48), "v": (32, 48)}, seed=5)
+    last = None
+    for s in (0.0, 0.5, 1.0, 1.5, 2.0, 4.0, 10.0):
+        builder = ReportBuilder({"erase": cs}, tokens="full")  # every token the edit reads
+        for key, edited in erase(w, cs, preset_config(name, s)).items():
+            builder.add(key, w[key], edited)
+        eff = torch.tensor([p.efficacy for p in builder.build().group("erase")])
+        if prompts > 1:
+            eff = eff.mean(dim=0, keepdim=True)
+        if last is None:
+            assert bool((eff == 0).all())
+        else:
+            assert bool((eff >= last - 1e-5).all()), (name, s, eff, last)
+        last = eff
+    assert bool((last > 0).all())
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "1", True])
+def test_bad_strength_field_is_refused(bad):
+    with pytest.raises(ValueError, match="strength"):
+        ScaPreConfig(strength=bad)
