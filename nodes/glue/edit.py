@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from ...scapre_core import ScaPreConfig, __version__, erase_iter
 from ...scapre_core.report import ReportBuilder
+from . import formats
 from .payloads import EditRecord, EncodedConcepts, InformaxPayload
-from .weights import EffectiveWeights, compute_device, kv_keys, patched_clone
+from .weights import EffectiveWeights, compute_device, edit_records, kv_keys, patched_clone
 
 log = logging.getLogger("comfyui-scapre")
 
@@ -45,6 +46,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
         given = informax.result
     keys = kv_keys(model, concepts.width, edit)
     weights = EffectiveWeights(model, keys)
+    tracker = formats.EditTracker(model, weights, edit_records(model))  # how the edit reaches the sampled weights
     device = compute_device(model)
     builder = ReportBuilder({"erase": concepts.erase, "probe": concepts.probes, "preserve": concepts.preserve},
                             device=device)
@@ -54,15 +56,18 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
         original = weights[name]
         change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
         builder.add(name, original, original + change)
+        tracker.add(name, original, change)
         diffs[name] = change
     seconds = time.perf_counter() - start
+    warnings += tracker.warnings()
     report = builder.build(config=config.to_dict(), seconds=seconds, warnings=tuple(warnings),
                            concept_of=concepts.concept_of(),
                            info={**concepts.describe(), "edit": edit, "version": __version__,
-                                 "informax": "precomputed" if given is not None else "computed"})
+                                 "informax": "precomputed" if given is not None else "computed",
+                                 **tracker.info()})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),
                         edit=edit, version=__version__)
-    edited_model = patched_clone(model, diffs, record)
+    edited_model = patched_clone(model, diffs, record, tracker.applications)
     summary = report.summary()
     log.info("ScaPre Erase: %d concept(s), %d matrices in %.2f s, mean efficacy %s", summary["concepts"],
              summary["matrices"], seconds, summary["mean_efficacy"])
