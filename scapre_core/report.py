@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .concepts import ConceptSet
-from .metrics import Gap, relative_change
+from .metrics import Gap
 from .solve import pad_sequences
 
 GROUPS = ("erase", "probe", "preserve")
@@ -162,13 +162,41 @@ def short_name(key: str) -> str:
     return ".".join(out) if out else key
 
 
+#: Tokens per block of prompts in :meth:`ReportBuilder.add`: bounds its working memory (a few ``o x
+#: REPORT_TOKENS`` floats per block, whatever the number of prompts) and keeps the products cache-sized;
+#: fixed, so results never depend on the machine.
+REPORT_TOKENS = 512
+
+#: Rows of :meth:`ReportBuilder.add`'s per-matrix sums: the numerator and denominator of efficacy, then of drift.
+_SUMS = ("moved_along_way", "way_sq", "moved_sq", "before_sq")
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One group's prompts on the report's device: ``X`` zero-padded ``[n, t, d]``, its mask ``[n, t]``, the
+    distinct guide sequences ``[u, t_g, d]`` and which one each prompt maps to."""
+
+    concepts: ConceptSet
+    contexts: torch.Tensor
+    mask: torch.Tensor
+    guides: torch.Tensor
+    guide_index: torch.Tensor
+
+
 class ReportBuilder:
-    """Accumulates efficacy and drift per matrix while an edit runs (one matrix at a time)."""
+    """Accumulates efficacy and drift per matrix while an edit runs (one matrix at a time).
+
+    Per matrix and prompt it needs four sums over the prompt's tokens (see :class:`~.metrics.Gap`):
+    ``<(W - W0) X^T, W0 (Y - X)^T>``, ``||W0 (Y - X)^T||^2``, ``||(W - W0) X^T||^2`` and ``||W0 X^T||^2``.
+    They are formed in blocks of about :data:`REPORT_TOKENS` tokens: two products ``W0 X_b^T`` and
+    ``(W - W0) X_b^T`` per block (the guide side ``W0 Y^T`` once per distinct guide), summed in the
+    arithmetic's dtype within a block and in float64 across blocks and matrices. Working memory is a few
+    ``o x REPORT_TOKENS`` blocks whatever the number of prompts."""
 
     def __init__(self, groups: Mapping[str, ConceptSet | None], device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         self._device, self._dtype = torch.device(device), dtype
-        self._groups: dict[str, dict[str, Any]] = {}
+        self._groups: dict[str, _Group] = {}
         for name, cs in groups.items():
             if name not in GROUPS:
                 raise ValueError(f"unknown report group {name!r}; use one of {GROUPS}")
@@ -176,48 +204,36 @@ class ReportBuilder:
                 continue
             contexts = pad_sequences(cs.contexts, dtype, self._device)
             lengths = torch.tensor([c.shape[0] for c in cs.contexts], device=self._device)
-            mask = (torch.arange(contexts.shape[1], device=self._device).unsqueeze(0) < lengths.unsqueeze(1))
-            self._groups[name] = {
-                "set": cs, "contexts": contexts, "mask": mask.to(dtype),
-                "guides": pad_sequences(cs.guides, dtype, self._device),
-                "guide_index": torch.tensor(cs.guide_index, dtype=torch.long, device=self._device),
-                "efficacy": [[] for _ in range(cs.num_concepts)],
-                "drift": [[] for _ in range(cs.num_concepts)],
-            }
+            mask = torch.arange(contexts.shape[1], device=self._device).unsqueeze(0) < lengths.unsqueeze(1)
+            self._groups[name] = _Group(
+                concepts=cs, contexts=contexts, mask=mask.to(dtype),
+                guides=pad_sequences(cs.guides, dtype, self._device),
+                guide_index=torch.tensor(cs.guide_index, dtype=torch.long, device=self._device),
+            )
         self._matrices: list[MatrixResult] = []
+        self._sums: dict[str, list[torch.Tensor]] = {name: [] for name in self._groups}  # [4, n] per matrix
 
     def add(self, name: str, w0: torch.Tensor, w: torch.Tensor) -> None:
         """Measure one edited matrix ``w0 -> w``."""
         w0 = w0.to(device=self._device, dtype=self._dtype)
-        w = w.to(device=self._device, dtype=self._dtype)
-        self._matrices.append(MatrixResult(name, tuple(w0.shape), relative_change(w0, w)))
-        delta = w - w0
-        for g in self._groups.values():
-            n, t, d = g["contexts"].shape
-            x = g["contexts"].reshape(n * t, d).T
-            before = (w0 @ x).reshape(-1, n, t)
-            moved = (delta @ x).reshape(-1, n, t)
-            guide = (w0 @ g["guides"][:, :t].reshape(-1, d).T).reshape(w0.shape[0], -1, t)[:, g["guide_index"], :]
-            way = (guide - before) * g["mask"]  # W0 (Y - X)^T; padded positions masked
-            sums = torch.stack([
-                (moved * way).sum(dim=(0, 2)),  # <(W - W0) X^T, W0 (Y - X)^T>
-                way.pow(2).sum(dim=(0, 2)),  # ||W0 (Y - X)^T||^2
-                moved.pow(2).sum(dim=(0, 2)),  # ||(W - W0) X^T||^2
-                before.pow(2).sum(dim=(0, 2)),  # ||W0 X^T||^2
-            ]).double().cpu()
-            for j in range(n):
-                g["efficacy"][j].append(Gap(float(sums[0, j]), float(sums[1, j])))
-                g["drift"][j].append(Gap(float(sums[2, j]), float(sums[3, j])))
+        delta = w.to(device=self._device, dtype=self._dtype) - w0
+        base = float(torch.linalg.vector_norm(w0, dtype=torch.float64))
+        change = float(torch.linalg.vector_norm(delta, dtype=torch.float64))
+        self._matrices.append(MatrixResult(name, tuple(w0.shape), change / base if base > 0 else change))
+        for group_name, g in self._groups.items():
+            self._sums[group_name].append(_group_sums(w0, delta, g).cpu())
 
     def build(self, *, config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
               seconds: float = 0.0, warnings: tuple[str, ...] = (),
               concept_of: Mapping[str, str] | None = None) -> EditReport:
         prompts = []
         for group, g in self._groups.items():
-            cs: ConceptSet = g["set"]
+            cs = g.concepts
+            sums = self._sums[group]  # one [4, n] float64 tensor per matrix
             texts = cs.erase_texts or tuple(f"{group} {j + 1}" for j in range(cs.num_concepts))
             for j, text in enumerate(texts):
-                eff, dr = g["efficacy"][j], g["drift"][j]
+                eff = [Gap(float(s[0, j]), float(s[1, j])) for s in sums]
+                dr = [Gap(float(s[2, j]), float(s[3, j])) for s in sums]
                 prompts.append(PromptResult(
                     text=text, group=group,
                     efficacy=_pool(eff).efficacy, drift=_pool(dr).drift,
@@ -227,6 +243,30 @@ class ReportBuilder:
                 ))
         return EditReport(matrices=tuple(self._matrices), prompts=tuple(prompts), config=dict(config or {}),
                           info=dict(info or {}), seconds=seconds, warnings=tuple(warnings))
+
+
+def _group_sums(w0: torch.Tensor, delta: torch.Tensor, g: _Group) -> torch.Tensor:
+    """``[4, n]`` float64 (rows as in :data:`_SUMS`) for one matrix and one group, in blocks of prompts."""
+    n, t, d = g.contexts.shape
+    o = w0.shape[0]
+    u = g.guides.shape[0]
+    guide_proj = (w0 @ g.guides[:, :t].reshape(u * t, d).T).view(o, u, t)  # W0 Y^T once per distinct guide
+    out = torch.empty(len(_SUMS), n, dtype=torch.float64, device=w0.device)
+    step = max(1, REPORT_TOKENS // max(t, 1))
+    for start in range(0, n, step):
+        block = slice(start, min(start + step, n))
+        b = block.stop - block.start
+        x = g.contexts[block].reshape(b * t, d)
+        before = (w0 @ x.T).view(o, b, t)  # W0 X^T
+        moved = (delta @ x.T).view(o, b, t)  # (W - W0) X^T
+        way = (guide_proj[:, g.guide_index[block], :] - before) * g.mask[block]  # W0 (Y - X)^T, padding masked
+        out[:, block] = torch.stack([
+            torch.einsum("obt,obt->b", moved, way),
+            torch.einsum("obt,obt->b", way, way),
+            torch.einsum("obt,obt->b", moved, moved),
+            torch.einsum("obt,obt->b", before, before),
+        ]).to(torch.float64)
+    return out
 
 
 def _pool(gaps: list[Gap]) -> Gap:

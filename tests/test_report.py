@@ -97,3 +97,39 @@ def test_unbounded_drift_is_valid_json():
     assert "Infinity" not in text and json.loads(text)["prompts"][0]["drift"] is None
     assert report.summary()["worst_drift"]["value"] is None
     assert EditReport.from_dict(json.loads(text)) == report
+
+
+def test_blocks_of_prompts_give_the_direct_sums(monkeypatch):
+    """Prompts of different lengths, several guides, more prompts than one block holds: every per-matrix
+    figure equals the direct per-prompt sums of ``metrics``, whatever the block size."""
+    from comfyui_scapre.scapre_core import report as report_module
+
+    g = torch.Generator().manual_seed(5)
+    dim, n = 10, 7
+    seqs = [torch.randn(12, dim, generator=g, dtype=torch.float64) for _ in range(n)]
+    guides = [torch.randn(12, dim, generator=g, dtype=torch.float64) for _ in range(2)]
+    concepts = ConceptSet.from_embeddings(seqs, [1, 2, 3, 4, 5, 1, 2], [guides[j % 2] for j in range(n)],
+                                          [0, 3] * 3 + [0], torch.randn(12, dim, generator=g, dtype=torch.float64))
+    assert len({c.shape[0] for c in concepts.contexts}) > 1 and len(concepts.guides) == 2
+    weights = {"a": torch.randn(9, dim, generator=g, dtype=torch.float64),
+               "b": torch.randn(5, dim, generator=g, dtype=torch.float64)}
+    edited = {k: w + 0.1 * torch.randn(w.shape, generator=g, dtype=torch.float64) for k, w in weights.items()}
+
+    def run(tokens: int):
+        monkeypatch.setattr(report_module, "REPORT_TOKENS", tokens)
+        builder = ReportBuilder({"erase": concepts, "probe": concepts}, dtype=torch.float64)
+        for k in weights:
+            builder.add(k, weights[k], edited[k])
+        return builder.build()
+
+    one_per_block, all_in_one = run(1), run(10_000)
+    for k_idx, k in enumerate(weights):
+        eff = efficacy_gaps(weights[k], edited[k], concepts.contexts, concepts.targets)
+        dr = drift_gaps(weights[k], edited[k], concepts.contexts)
+        for report in (one_per_block, all_in_one):
+            for j, p in enumerate(report.group("erase")):
+                assert p.efficacy_per_matrix[k_idx] == pytest.approx(eff[j].efficacy, rel=1e-12, abs=1e-12)
+                assert p.drift_per_matrix[k_idx] == pytest.approx(dr[j].drift, rel=1e-12)
+    assert [p.drift for p in one_per_block.prompts] == pytest.approx([p.drift for p in all_in_one.prompts], rel=1e-12)
+    change = float((edited["a"] - weights["a"]).norm() / weights["a"].norm())
+    assert one_per_block.matrices[0].rel_change == pytest.approx(change, rel=1e-12)

@@ -1,8 +1,10 @@
-"""Forgetting measured in images, in the miniature world: erase 1, 5 and 20 concepts with every method, draw
-fixed seeds, and count with the judge what the model still draws.
+"""Forgetting measured in images, in the miniature worlds: erase 1, 5 and 20 concepts with every method, draw
+fixed seeds, and count with the judge what each world's model still draws.
 
-Per concept set and method, pooled over seeds (each seed fixes the starting noise of every picture and the
-config's Informax seed; the original and every edit draw from the same noise):
+Every registered world (``worlds.py``; ``--worlds`` picks some) is measured before any edit (the judge's reading of
+all 240 colour x shape x style prompts, and the end-token probe of ``probe.py``), then per concept set and method,
+pooled over seeds (each seed fixes the starting noise of every picture and the config's Informax seed; the original
+and every edit draw from the same noise):
 
 * ``forget``: share of pictures for prompts naming an erased concept in which the judge still reads it (the
   colour, shape or style; both colour and shape for a pair). Lower is better; the unedited row gives the start.
@@ -13,23 +15,27 @@ config's Informax seed; the original and every edit draw from the same noise):
   it measures the edit, not the world's own errors. 1 for the unedited model; higher is better.
 * ``keep_other``: the same for prompts sharing no word, and no look-alike word, with the erased concepts.
 * ``quality``: the judge's mean probability of the asked colour, shape and style on all kept prompts.
-Brackets are 95 % Wilson intervals (quality: mean +- 1.96 standard errors).
 
-Methods: the published settings (SPEC "Published settings"; ``PUBLISHED`` below) and the pack's defaults; four of
-them (uce, many-objects, explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike
-words of the erased concepts, and for a pair its two words: what a user protects) and at half and double strength
-(``erase_scale`` times 0.5 and 2); ``--beyond`` adds settings beyond the paper (no Bures step). Usage (repo root)::
+Each figure is given per world and pooled over the worlds (the pictures of all worlds counted together). Brackets
+are 95 % Wilson intervals (quality: mean +- 1.96 standard errors); a pooled interval counts pictures, so the spread
+between worlds shows in the per-world columns, not in it.
 
-    python benchmarks/miniworld/bench.py --all-methods       # trains or loads the world, then every set and method
-    python benchmarks/miniworld/bench.py --sets "1 colour" --seeds 0
+Methods: the published settings (``scapre_core.presets``) and the pack's defaults; four of them (uce, many-objects,
+explicit, custom; all with ``--all-methods``) also with preserve prompts (the look-alike words of the erased
+concepts, and for a pair its two words: what a user protects) and at half and double strength
+(``preset_config(name, strength)``); ``--beyond`` adds settings beyond the paper (no Bures step). Usage (repo root)::
+
+    python benchmarks/miniworld/bench.py --all-methods       # every world (trained when missing), set and method
+    python benchmarks/miniworld/bench.py --worlds clip64 --sets "1 colour" --seeds 0
     # split over processes, then one table and plot:
-    python benchmarks/miniworld/bench.py --all-methods --sets "1 colour" "1 shape" "20 pairs" --out R/a
-    python benchmarks/miniworld/bench.py --all-methods --sets "5 mixed" "1 style" --no-accuracy --out R/b
+    python benchmarks/miniworld/bench.py --worlds clip64 clip64-seed1 --out R/a
+    python benchmarks/miniworld/bench.py --worlds clip128 blind64 --out R/b
     python benchmarks/miniworld/bench.py --merge R/a R/b --out R
 
 Outputs (default ``${SCAPRE_MINIWORLD_OUT:-~/.cache/scapre-miniworld/results}``, outside the repository):
-``results.json``, ``table.md``, ``grid-<set>.png`` (pictures of the first seed, one row per method) and
-``pareto.png`` (forgetting against retention, every set and method).
+``results.json``, ``table.md`` (the worlds before any edit; per set an overview of every world and the pool, then
+per world and pooled tables with intervals), ``grid-<world>-<set>.png`` (pictures of the first seed, one row per
+method) and ``pareto.png`` (forgetting against retention, one panel per world and one pooled).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -48,28 +55,24 @@ import torch
 if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and through it ``scapre_core``) importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "miniworld"
+    import miniworld  # noqa: F401  (its __init__ imports benchmarks/pack.py, which registers scapre_core)
 
 from scapre_core import ScaPreConfig
+from scapre_core.presets import PRESETS, preset_config
 
 from .evaluate import Ask, Reading, accuracy, asked_indices, concept_set, draw, edited_unet, read, wilson
-from .train import JudgeConfig, TrainConfig, cache_dir, get_judge, get_world, load_world
+from .probe import probe_world
+from .train import JudgeConfig, cache_dir, get_judge, load_world
 from .world import COLOUR_NAMES, SHAPES, STYLES, lookalikes
+from .worlds import WORLD_NAMES, load
 
 log = logging.getLogger("miniworld.bench")
 
-#: The published settings (SPEC "Published settings"), under the names of ``scapre_core.presets``; when that
-#: module is on main this mapping becomes ``{name: p.config for name, p in presets.PRESETS.items()}``.
-PUBLISHED: dict[str, ScaPreConfig] = {
-    "uce": ScaPreConfig(variant="uce", erase_scale=1.0, lam=0.5),
-    "few-objects": ScaPreConfig(variant="small", erase_scale=1.0, p=2.0, alpha_min=0.8, entropy_samples=20, lam=0.5),
-    "many-objects": ScaPreConfig(variant="scale", erase_scale=3.0, p=5.0, use_informax=True, bures_iters=1, ased=True,
-                                 entropy_samples=30, entropy_bins=20, mu_from_entropy=True, lam=0.5),
-    "artists": ScaPreConfig(variant="scale", erase_scale=2.0, p=8.0, use_informax=True, bures_iters=1, ased=True,
-                            entropy_samples=30, entropy_bins=20, mu_from_entropy=True, lam=0.5),
-    "explicit": ScaPreConfig(variant="scale", erase_scale=2.0, p=3.0, use_informax=False, bures_iters=1,
-                             mu_from_entropy=True, lam=0.5),
-    "custom": ScaPreConfig(),  # the pack's defaults
-}
+#: The published settings and the pack's defaults, by preset name (``scapre_core.presets``).
+PUBLISHED: dict[str, ScaPreConfig] = {name: p.config for name, p in PRESETS.items()}
+#: What a world must draw before any edit for its figures to mean something (the judge's reading of all 240
+#: colour x shape x style prompts).
+ACCURACY_TARGETS = {"colour": 0.9, "shape": 0.8}
 
 CONCEPT_SETS: dict[str, list[str]] = {
     "1 colour": ["red"],
@@ -95,8 +98,7 @@ class Method:
     changes: tuple[tuple[str, object], ...] = ()  # settings beyond the published ones (``--beyond``)
 
     def config(self, seed: int) -> ScaPreConfig:
-        base = PUBLISHED[self.preset]
-        return base.replace(erase_scale=base.erase_scale * self.strength, seed=seed, **dict(self.changes))
+        return preset_config(self.preset, self.strength, seed).replace(**dict(self.changes))
 
 
 def methods(full: bool = False) -> list[Method]:
@@ -246,15 +248,50 @@ class Tally:
             self.quality.append(float(reading.asked_prob[i]))
 
     def summary(self) -> dict:
-        def rate(xs: list[int]) -> dict:
-            lo, hi = wilson(sum(xs), len(xs))
-            return {"rate": round(sum(xs) / len(xs), 4) if xs else None, "lo": round(lo, 4), "hi": round(hi, 4),
-                    "n": len(xs)}
-
+        """Rates with their counts (``k`` of ``n``) and the quality's sums, so that summaries can be pooled
+        (:func:`pool`)."""
         q = torch.tensor(self.quality, dtype=torch.float64)
-        half = float(1.96 * q.std() / len(q) ** 0.5) if len(q) > 1 else float("nan")
-        return {"forget": rate(self.forget), "keep_look": rate(self.look), "keep_other": rate(self.other),
-                "quality": {"mean": round(float(q.mean()), 4), "half": round(half, 4), "n": len(q)}}
+        return _finish({"forget": {"k": sum(self.forget), "n": len(self.forget)},
+                        "keep_look": {"k": sum(self.look), "n": len(self.look)},
+                        "keep_other": {"k": sum(self.other), "n": len(self.other)},
+                        "quality": {"sum": float(q.sum()), "sumsq": float((q * q).sum()), "n": len(q)}})
+
+
+MEASURES = ("forget", "keep_look", "keep_other", "quality")
+
+
+def _finish(counts: dict) -> dict:
+    """Add rates, Wilson intervals and the quality's mean and half-width to raw counts."""
+    out = {}
+    for key in MEASURES[:3]:
+        k, n = counts[key]["k"], counts[key]["n"]
+        lo, hi = wilson(k, n)
+        out[key] = {"k": k, "n": n, "rate": round(k / n, 4) if n else None, "lo": round(lo, 4), "hi": round(hi, 4)}
+    q = counts["quality"]
+    n, total, sumsq = q["n"], q["sum"], q["sumsq"]
+    mean = total / n if n else float("nan")
+    var = (sumsq - n * mean * mean) / (n - 1) if n > 1 else float("nan")
+    half = 1.96 * math.sqrt(max(var, 0.0) / n) if n > 1 else float("nan")
+    out["quality"] = {"sum": total, "sumsq": sumsq, "n": n, "mean": round(mean, 4), "half": round(half, 4)}
+    return out
+
+
+def pool(summaries: list[dict]) -> dict:
+    """One summary from several (e.g. one per world): counts and sums added."""
+    counts = {key: {"k": sum(s[key]["k"] for s in summaries), "n": sum(s[key]["n"] for s in summaries)}
+              for key in MEASURES[:3]}
+    counts["quality"] = {f: sum(s["quality"][f] for s in summaries) for f in ("sum", "sumsq", "n")}
+    return _finish(counts)
+
+
+def pooled_results(per_world: dict[str, dict]) -> dict:
+    """``{set: {method: summary}}`` pooled over the worlds that measured that set and method."""
+    out: dict[str, dict] = {}
+    for results in per_world.values():
+        for set_name, rows in results.items():
+            for label, summary in rows.items():
+                out.setdefault(set_name, {}).setdefault(label, []).append(summary)
+    return {set_name: {label: pool(items) for label, items in rows.items()} for set_name, rows in out.items()}
 
 
 def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Method], seeds: tuple[int, ...],
@@ -286,6 +323,24 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
     return {k: t.summary() for k, t in tallies.items()}, {"case": case, "pictures": pictures}
 
 
+def measure_world(world, judge, steps: int, guidance: float, with_accuracy: bool = True) -> dict:
+    """A world before any edit: how it was trained, what it draws (the judge's reading of every colour x shape x
+    style prompt, one picture each from two seeds) and how much of a concept its end tokens carry."""
+    start = time.perf_counter()
+    acc = accuracy(world, judge, seeds=(100, 101), steps=steps, guidance=guidance) if with_accuracy else {}
+    meets = all(acc.get(k, 0.0) >= v for k, v in ACCURACY_TARGETS.items()) if acc else None
+    probe = probe_world(world)
+    log.info("unedited: judge reads %s (targets %s: %s); end-token probe %s (%.0f s)", acc, ACCURACY_TARGETS,
+             meets, {k: v["mean"] for k, v in probe.items()}, time.perf_counter() - start)
+    if meets is False:
+        log.warning("this world draws below the targets %s; its figures say little", ACCURACY_TARGETS)
+    model = world.config.model
+    return {"train": world.config.key(), "text_encoder": model.text_encoder, "denoiser": model.denoiser,
+            "text_dim": model.text_dim, "seed": world.config.seed, "steps": world.trained_steps,
+            "schedule_steps": world.config.steps, "seconds": world.seconds, "final_loss": world.final_loss,
+            "accuracy": acc, "meets_targets": meets, "probe": probe}
+
+
 # --- output --------------------------------------------------------------------------------------------------
 
 def _fmt(entry: dict) -> str:
@@ -296,17 +351,68 @@ def _fmt(entry: dict) -> str:
     return f"{entry['mean']:.2f} ±{entry['half']:.2f}"
 
 
-def table(results: dict[str, dict]) -> str:
+def _rate(entry: dict) -> str:
+    return "n/a" if entry["rate"] is None else f"{entry['rate']:.2f}"
+
+
+def world_table(worlds: dict[str, dict]) -> str:
+    """The worlds before any edit."""
+    lines = ["| world | text encoder | width | seed | trained | colour | shape | style | all | meets targets | "
+             "end-token share colour / shape / style |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|"]
+    for name, w in worlds.items():
+        a, p = w.get("accuracy") or {}, w["probe"]
+        lines.append(f"| {name} | {w['text_encoder']} | {w['text_dim']} | {w['seed']} | {w['steps']} steps, "
+                     f"{w['seconds'] / 60:.0f} min | {a.get('colour', '-')} | {a.get('shape', '-')} | "
+                     f"{a.get('style', '-')} | {a.get('all', '-')} | {w.get('meets_targets')} | "
+                     f"{p['colour']['mean']:.2f} / {p['shape']['mean']:.2f} / {p['style']['mean']:.2f} |")
+    return "\n".join(lines)
+
+
+def set_table(rows: dict[str, dict]) -> str:
+    """One world's (or the pool's) table of one set, with intervals."""
+    n = next(iter(rows.values()))
+    lines = [f"(images: erased {n['forget']['n']}, look-alike {n['keep_look']['n']}, other {n['keep_other']['n']})",
+             "| method | forget (lower better) | keep look-alike | keep other | quality |", "|---|---|---|---|---|"]
+    for label, r in rows.items():
+        lines.append(f"| {label} | {_fmt(r['forget'])} | {_fmt(r['keep_look'])} | {_fmt(r['keep_other'])} | "
+                     f"{_fmt(r['quality'])} |")
+    return "\n".join(lines)
+
+
+def overview(per_world: dict[str, dict], pooled: dict[str, dict], set_name: str) -> str:
+    """Every world and the pool side by side for one set: forget / keep look-alike / keep other (rates)."""
+    names = [w for w in per_world if set_name in per_world[w]]
+    labels = list(pooled[set_name])
+    head = "| method | " + " | ".join(names) + " | pooled [95 % interval of forget] |"
+    lines = [head, "|---|" + "---|" * (len(names) + 1)]
+    for label in labels:
+        cells = []
+        for w in names:
+            r = per_world[w][set_name].get(label)
+            cells.append("-" if r is None else f"{_rate(r['forget'])} / {_rate(r['keep_look'])} / "
+                                               f"{_rate(r['keep_other'])}")
+        p = pooled[set_name][label]
+        cells.append(f"{_rate(p['forget'])} [{p['forget']['lo']:.2f}, {p['forget']['hi']:.2f}] / "
+                     f"{_rate(p['keep_look'])} / {_rate(p['keep_other'])}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table(per_world: dict[str, dict], pooled: dict[str, dict] | None = None,
+          worlds: dict[str, dict] | None = None) -> str:
+    """The whole report: the worlds, then per set an overview (forget / keep look-alike / keep other per world and
+    pooled), the pooled table and each world's table, with intervals."""
+    pooled = pooled if pooled is not None else pooled_results(per_world)
     lines = []
-    for set_name, rows in results.items():
-        n = next(iter(rows.values()))
-        lines.append(f"\n{set_name}  (images: erased {n['forget']['n']}, look-alike {n['keep_look']['n']}, "
-                     f"other {n['keep_other']['n']})")
-        lines.append("| method | forget (lower better) | keep look-alike | keep other | quality |")
-        lines.append("|---|---|---|---|---|")
-        for label, r in rows.items():
-            lines.append(f"| {label} | {_fmt(r['forget'])} | {_fmt(r['keep_look'])} | {_fmt(r['keep_other'])} | "
-                         f"{_fmt(r['quality'])} |")
+    if worlds:
+        lines += ["## Worlds before any edit", "", world_table(worlds), ""]
+    for set_name in pooled:
+        lines += [f"## {set_name}", "", "forget / keep look-alike / keep other, per world and pooled:", "",
+                  overview(per_world, pooled, set_name), "", f"### {set_name}: pooled over worlds", "",
+                  set_table(pooled[set_name]), ""]
+        for w, results in per_world.items():
+            if set_name in results:
+                lines += [f"### {set_name}: {w}", "", set_table(results[set_name]), ""]
     return "\n".join(lines)
 
 
@@ -340,69 +446,92 @@ def save_grid(path: Path, extra: dict, rows: list[str]) -> None:
     plt.close(fig)
 
 
-def save_pareto(path: Path, results: dict[str, dict]) -> None:
+FAMILY_COLOURS = {"unedited": "black", "uce": "tab:gray", "few-objects": "tab:green", "many-objects": "tab:blue",
+                  "artists": "tab:purple", "explicit": "tab:red", "custom": "tab:orange"}
+
+
+def save_pareto(path: Path, per_world: dict[str, dict], pooled: dict[str, dict] | None = None) -> None:
+    """Forgetting against look-alike and other retention: one row of two panels per world and one pooled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    pooled = pooled if pooled is not None else pooled_results(per_world)
+    panels = [*per_world.items(), ("pooled", pooled)]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.6 * len(panels)), squeeze=False)
     markers = "osD^vP*X"
-    for ax, key, title in ((axes[0], "keep_look", "look-alikes kept"), (axes[1], "keep_other", "other prompts kept")):
-        for k, (set_name, rows) in enumerate(results.items()):
-            for label, r in rows.items():
-                if r[key]["rate"] is None:
-                    continue
-                family = label.split()[0]
-                color = {"unedited": "black", "uce": "tab:gray", "few-objects": "tab:green",
-                         "many-objects": "tab:blue", "artists": "tab:purple", "explicit": "tab:red",
-                         "custom": "tab:orange"}.get(family, "tab:brown")
-                ax.scatter(r["forget"]["rate"], r[key]["rate"], marker=markers[k % len(markers)], color=color,
-                           alpha=0.5 if " " in label else 0.9, s=22)
-                if set_name == next(iter(results)):
-                    ax.annotate(label, (r["forget"]["rate"], r[key]["rate"]), fontsize=5)
-        ax.set_xlabel("forget: erased concept still drawn (lower is better)")
-        ax.set_ylabel(f"{title} (higher is better)")
-        ax.set_title(f"miniature world: forgetting vs {title}")
-        ax.grid(alpha=0.3)
+    set_names = list(pooled)
+    for row, (world_name, results) in enumerate(panels):
+        for ax, key, title in ((axes[row][0], "keep_look", "look-alikes kept"),
+                               (axes[row][1], "keep_other", "other prompts kept")):
+            for set_name, rows in results.items():
+                k = set_names.index(set_name)
+                for label, r in rows.items():
+                    if r[key]["rate"] is None:
+                        continue
+                    color = FAMILY_COLOURS.get(label.split()[0], "tab:brown")
+                    ax.scatter(r["forget"]["rate"], r[key]["rate"], marker=markers[k % len(markers)], color=color,
+                               alpha=0.5 if " " in label else 0.9, s=22)
+                    if set_name == set_names[0]:
+                        ax.annotate(label, (r["forget"]["rate"], r[key]["rate"]), fontsize=5)
+            ax.set_xlabel("forget: erased concept still drawn (lower is better)")
+            ax.set_ylabel(f"{title} (higher is better)")
+            ax.set_title(f"{world_name}: forgetting vs {title}")
+            ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker=markers[k % len(markers)], ls="", color="k", label=s)
-               for k, s in enumerate(results)]
-    axes[1].legend(handles=handles, fontsize=7, title="concept set (colour = method)")
+               for k, s in enumerate(set_names)]
+    axes[0][1].legend(handles=handles, fontsize=7, title="concept set (colour = method)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def write_report(out: Path, report: dict) -> None:
+    """``results.json``, ``table.md`` and ``pareto.png`` of a report (per-world results plus their pool)."""
+    report["pooled"] = pooled_results(report["results"])
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    text = table(report["results"], report["pooled"], report.get("worlds"))
+    (out / "table.md").write_text(text + "\n")
+    save_pareto(out / "pareto.png", report["results"], report["pooled"])
+
+
 def merge(folders: list[Path], out: Path) -> None:
-    """One report from several runs' ``results.json`` (their world, judge and settings must agree)."""
+    """One report from several runs' ``results.json`` (split by world or by set; the judge must agree, and a world
+    measured twice must be the same world)."""
     reports = [json.loads((f / "results.json").read_text()) for f in folders]
-    merged = dict(reports[0])
-    merged["results"], merged["concept_sets"], merged["preserve"] = {}, {}, {}
+    merged = {k: v for k, v in reports[0].items() if k not in ("results", "pooled", "worlds")}
+    merged["results"], merged["worlds"], merged["concept_sets"], merged["preserve"] = {}, {}, {}, {}
     for r in reports:
-        if r["world"]["train"] != merged["world"]["train"] or r["world"]["steps"] != merged["world"]["steps"]:
-            raise ValueError("these runs used different worlds")
-        if r["world"].get("accuracy"):
-            merged["world"]["accuracy"] = r["world"]["accuracy"]
-        for k in ("results", "concept_sets", "preserve"):
+        if r["judge"] != merged["judge"]:
+            raise ValueError("these runs used different judges")
+        for name, w in r["worlds"].items():
+            if name in merged["worlds"] and merged["worlds"][name]["train"] != w["train"]:
+                raise ValueError(f"world {name!r} differs between these runs")
+            if not merged["worlds"].get(name, {}).get("accuracy"):
+                merged["worlds"][name] = w
+        for name, sets in r["results"].items():
+            merged["results"].setdefault(name, {}).update(sets)
+        for k in ("concept_sets", "preserve"):
             merged[k].update(r[k])
     merged["merged_from"] = [str(f) for f in folders]
-    (out / "results.json").write_text(json.dumps(merged, indent=1, default=str))
-    text = table(merged["results"])
-    (out / "table.md").write_text(text + "\n")
-    sys.stdout.write(text + "\n")
-    save_pareto(out / "pareto.png", merged["results"])
+    write_report(out, merged)
+    sys.stdout.write(table(merged["results"], merged["pooled"], merged["worlds"]) + "\n")
     log.info("merged %d runs into %s", len(folders), out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Concept erasure measured in images in a miniature world.")
+    parser = argparse.ArgumentParser(description="Concept erasure measured in images in the miniature worlds.")
+    parser.add_argument("--worlds", nargs="+", default=list(WORLD_NAMES), choices=WORLD_NAMES,
+                        help="registered worlds (worlds.py) to measure; each is trained first when missing")
     parser.add_argument("--sets", nargs="+", default=list(CONCEPT_SETS), choices=list(CONCEPT_SETS))
     parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: see --all-methods)")
     parser.add_argument("--beyond", action="store_true", help="also settings beyond the paper (see ``beyond``)")
     parser.add_argument("--all-methods", action="store_true",
                         help="preserve prompts and strengths for every published setting, not only four")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--images", type=int, default=2, help="pictures per prompt and seed (see SIZES)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="pictures per prompt and seed (default: 2, and 1 for the 20-pair set)")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=None,
@@ -412,10 +541,9 @@ def main() -> None:
                              "poorly, whose reading then flips under any change)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false",
-                        help="skip the unedited model's accuracy over all 240 prompts")
-    parser.add_argument("--world-steps", type=int, default=TrainConfig.steps, help="training steps of the world")
+                        help="skip the unedited models' accuracy over all 240 prompts")
     parser.add_argument("--world", type=Path, default=None,
-                        help="a saved world file to use instead (e.g. a checkpoint written during training)")
+                        help="a saved world file to measure instead of registered ones (e.g. a checkpoint)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="only merge the results.json of these output folders (runs split over processes) into "
                              "one table and Pareto plot in --out")
@@ -429,34 +557,28 @@ def main() -> None:
         return
 
     judge, judge_acc = get_judge(JudgeConfig())
-    world = load_world(args.world) if args.world else get_world(TrainConfig(steps=args.world_steps))
     all_methods = methods(args.all_methods) + (beyond() if args.beyond else [])
     if args.methods:
         all_methods = [m for m in all_methods if m.label in args.methods]
-    start = time.perf_counter()
-    acc = accuracy(world, judge, seeds=(100,), steps=args.steps, guidance=args.guidance) if args.accuracy else {}
-    log.info("unedited model, all colour x shape x style prompts: judge reads %s (%.0f s)", acc,
-             time.perf_counter() - start)
-    results, extras = {}, {}
     rows = ["unedited", *(m.label for m in all_methods)]
-    for name in args.sets:
-        results[name], extras[name] = run_set(world, judge, name, CONCEPT_SETS[name], all_methods, tuple(args.seeds),
-                                              args.images, SIZES[name], args.steps, args.guidance, tuple(args.keep))
-        report = {
-            "world": {"train": world.config.key(), "steps": world.trained_steps, "schedule_steps": world.config.steps,
-                      "seconds": world.seconds, "final_loss": world.final_loss, "accuracy": acc},
-            "judge": judge_acc,
-            "settings": vars(args) | {"out": str(out)},
-            "concept_sets": {k: CONCEPT_SETS[k] for k in results},
-            "preserve": {k: list(e["case"].preserve) for k, e in extras.items()},
-            "results": results,
-        }
-        (out / "results.json").write_text(json.dumps(report, indent=1, default=str))  # after every set
-        save_grid(out / f"grid-{name.replace(' ', '-')}.png", extras[name], rows)
-    text = table(results)
-    (out / "table.md").write_text(text + "\n")
-    sys.stdout.write(text + "\n")
-    save_pareto(out / "pareto.png", results)
+    start = time.perf_counter()
+    report = {"judge": judge_acc, "settings": vars(args) | {"out": str(out)},
+              "concept_sets": {k: CONCEPT_SETS[k] for k in args.sets}, "preserve": {}, "worlds": {}, "results": {}}
+    targets = [(args.world.stem, None)] if args.world else [(name, name) for name in args.worlds]
+    for world_name, registered in targets:
+        world = load_world(args.world) if registered is None else load(registered)
+        log.info("world %s", world_name)
+        report["worlds"][world_name] = measure_world(world, judge, args.steps, args.guidance, args.accuracy)
+        report["results"][world_name] = {}
+        for name in args.sets:
+            images = args.images or (1 if name == "20 pairs" else 2)
+            results, extra = run_set(world, judge, name, CONCEPT_SETS[name], all_methods, tuple(args.seeds), images,
+                                     SIZES[name], args.steps, args.guidance, tuple(args.keep))
+            report["results"][world_name][name] = results
+            report["preserve"][name] = list(extra["case"].preserve)
+            write_report(out, report)  # after every set
+            save_grid(out / f"grid-{world_name}-{name.replace(' ', '-')}.png", extra, rows)
+    sys.stdout.write(table(report["results"], report["pooled"], report["worlds"]) + "\n")
     log.info("wrote %s (results.json, table.md, grid-*.png, pareto.png) in %.0f s", out, time.perf_counter() - start)
 
 

@@ -1,7 +1,10 @@
 """The world's text-to-image model, SD's anatomy at small scale.
 
 * :class:`TextEncoder`: a causal word-level transformer with CLIP's conventions (start token, end token, end-token
-  padding to 77, final layer norm); its ``[B, 77, d]`` output is the conditioning, as in SD1.x.
+  padding to 77, final layer norm); its ``[B, 77, d]`` output is the conditioning, as in SD1.x. Two kinds
+  (``ModelConfig.text_encoder``): ``causal`` (CLIP's: every token reads the tokens before it, so the end and padding
+  tokens carry the prompt's words) and ``causal-blind-end`` (end and padding tokens read only the start token and
+  the end tokens before them, so they carry no word: the concept lives on its word token alone).
 * :class:`UNet`: an eps-predicting UNet whose only path from the text to the image is cross-attention
   ``attn2`` (``to_q``, ``to_k``, ``to_v`` without bias, ``to_out``), at the low resolutions; the edit targets
   ``attn2.to_k.weight`` / ``attn2.to_v.weight`` as in SD.
@@ -18,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .world import CONTEXT, VOCAB
+from .world import CONTEXT, END, START, VOCAB
+
+#: Text-encoder kinds (``ModelConfig.text_encoder``; see the module docstring). Later kinds (a bidirectional
+#: T5-like encoder, ...) register here with their class.
+TEXT_ENCODER_KINDS = ("causal", "causal-blind-end")
+#: Denoiser kinds (``ModelConfig.denoiser``); a kind maps to its class in :func:`build_denoiser`.
+DENOISER_KINDS = ("unet",)
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,29 @@ class ModelConfig:
     text_heads: int = 4
     channels: tuple[int, int, int] = (32, 64, 96)  # UNet widths at S, S/2, S/4
     heads: int = 2
+    text_encoder: str = "causal"  # one of TEXT_ENCODER_KINDS
+    denoiser: str = "unet"  # one of DENOISER_KINDS
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODER_KINDS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODER_KINDS}, got {self.text_encoder!r}")
+        if self.denoiser not in DENOISER_KINDS:
+            raise ValueError(f"denoiser must be one of {DENOISER_KINDS}, got {self.denoiser!r}")
 
     def to_dict(self) -> dict[str, str]:
-        return {k: str(list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """Every field as JSON text (numbers and lists read as before; kinds are JSON strings)."""
+        import json
+
+        return {k: json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def key_dict(self) -> dict[str, str]:
+        """:meth:`to_dict` without the fields added after the first world, where they have their defaults: the
+        cache key of a world made before they existed stays the same."""
+        out = self.to_dict()
+        for name in ("text_encoder", "denoiser"):
+            if getattr(self, name) == self.__dataclass_fields__[name].default:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, str]) -> ModelConfig:
@@ -44,11 +73,16 @@ class ModelConfig:
 
 
 class TextEncoder(nn.Module):
-    """Causal pre-norm transformer over word tokens, positional embeddings for 77 places, final layer norm."""
+    """Causal pre-norm transformer over word tokens, positional embeddings for 77 places, final layer norm.
+
+    With ``cfg.text_encoder == "causal-blind-end"`` the end and padding tokens also do not read the word tokens
+    (only the start token and the end tokens before them)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.text_dim
+        self.blind_end = cfg.text_encoder == "causal-blind-end"
+        self.heads = cfg.text_heads
         self.token_embedding = nn.Embedding(len(VOCAB), d)
         self.position_embedding = nn.Parameter(torch.randn(CONTEXT, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.text_heads, 4 * d, dropout=0.0, activation="gelu",
@@ -60,8 +94,25 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(ids) + self.position_embedding
-        x = self.layers(x, mask=self.causal, is_causal=True)
+        if self.blind_end:
+            word = (ids != START) & (ids != END)  # [B, L]
+            blocked = (ids == END).unsqueeze(2) & word.unsqueeze(1)  # query is an end token, key is a word
+            mask = self.causal + torch.zeros(blocked.shape, dtype=x.dtype).masked_fill(blocked, float("-inf"))
+            x = self.layers(x, mask=mask.repeat_interleave(self.heads, dim=0), is_causal=False)
+        else:
+            x = self.layers(x, mask=self.causal, is_causal=True)
         return self.final_layer_norm(x)
+
+
+def build_text_encoder(cfg: ModelConfig) -> nn.Module:
+    """The text encoder of ``cfg.text_encoder``: ``ids [B, 77] -> [B, 77, text_dim]``."""
+    return TextEncoder(cfg)
+
+
+def build_denoiser(cfg: ModelConfig) -> nn.Module:
+    """The denoiser of ``cfg.denoiser``: ``(x [B, 3, S, S], t [B], context [B, 77, d]) -> eps``; the text reaches it
+    only through modules whose ``to_k`` / ``to_v`` weights :func:`cross_attention_weights` returns."""
+    return {"unet": UNet}[cfg.denoiser](cfg)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -177,8 +228,8 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(u1)))
 
 
-def cross_attention_weights(unet: UNet) -> dict[str, torch.Tensor]:
-    """Every ``attn2.to_k.weight`` / ``attn2.to_v.weight`` of the UNet (what ScaPre edits), by state-dict key."""
+def cross_attention_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """Every ``attn2.to_k.weight`` / ``attn2.to_v.weight`` of the denoiser (what ScaPre edits), by state-dict key."""
     return {k: v.detach().clone() for k, v in unet.state_dict().items()
             if ".attn2.to_k.weight" in k or ".attn2.to_v.weight" in k}
 

@@ -4,14 +4,16 @@ seed; weights are saved as safetensors in a cache folder outside the repository 
 Cache: ``${SCAPRE_MINIWORLD_CACHE:-~/.cache/scapre-miniworld}``; a file's name carries a hash of every setting
 that made it, so a changed setting trains anew. Usage (from the repo root)::
 
-    python benchmarks/miniworld/train.py                # the benchmark's world and judge (trained once)
-    python benchmarks/miniworld/train.py --steps 500    # a different world (another cache file)
+    python benchmarks/miniworld/train.py                    # every registered world (worlds.py) and the judge
+    python benchmarks/miniworld/train.py --worlds blind64   # one of them
+    python benchmarks/miniworld/train.py --worlds clip64 --steps 500    # a variant (another cache file)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` importable
     __package__ = "miniworld"
 
 from .judge import Judge, train_judge
-from .model import ModelConfig, Schedule, TextEncoder, UNet
+from .model import ModelConfig, Schedule, TextEncoder, UNet, build_denoiser, build_text_encoder
 from .world import sample_batch, tokenize
 
 log = logging.getLogger("miniworld.train")
@@ -51,13 +53,14 @@ class TrainConfig:
     colours_only: bool = False  # the simpler world of quick tests (solid circles; see ``sample_batch``)
 
     def key(self) -> str:
-        text = json.dumps({**asdict(self), "model": self.model.to_dict()}, sort_keys=True)
+        text = json.dumps({**asdict(self), "model": self.model.key_dict()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass
 class World:
-    """A trained world: text encoder and UNet (EMA weights), the schedule, and how it was made."""
+    """A trained world: text encoder and denoiser (EMA weights), the schedule, and how it was made. ``unet`` is the
+    denoiser whatever its kind (``config.model.denoiser``; the name is kept for the helpers built on it)."""
 
     config: TrainConfig
     text_encoder: TextEncoder
@@ -93,7 +96,7 @@ def train_world(cfg: TrainConfig, log_every: int = 200,
     AdamW, warm-up then cosine learning rate, EMA weights). Deterministic for a seed and thread count."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    text_encoder, unet = TextEncoder(cfg.model), UNet(cfg.model)
+    text_encoder, unet = build_text_encoder(cfg.model), build_denoiser(cfg.model)
     ema_text, ema_unet = copy.deepcopy(text_encoder), copy.deepcopy(unet)
     for p in (*ema_text.parameters(), *ema_unet.parameters()):
         p.requires_grad_(False)
@@ -157,7 +160,7 @@ def load_world(path: Path) -> World:
     model = ModelConfig.from_dict(train.pop("model"))
     cfg = TrainConfig(model=model, **train)
     tensors = load_file(str(path))
-    text_encoder, unet = TextEncoder(cfg.model), UNet(cfg.model)
+    text_encoder, unet = build_text_encoder(cfg.model), build_denoiser(cfg.model)
     text_encoder.load_state_dict({k[13:]: v for k, v in tensors.items() if k.startswith("text_encoder.")})
     unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
     text_encoder.eval()
@@ -218,16 +221,24 @@ def get_judge(cfg: JudgeConfig, cache: Path | None = None) -> tuple[Judge, dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Train (or load) the miniature world and its judge.")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    from .worlds import WORLD_NAMES, world_spec
+
+    parser = argparse.ArgumentParser(description="Train (or load) the registered miniature worlds and the judge.")
+    parser.add_argument("--worlds", nargs="+", default=list(WORLD_NAMES), choices=WORLD_NAMES,
+                        help="registered worlds to train when missing (default: all, one after the other)")
+    parser.add_argument("--steps", type=int, default=None, help="override the spec's training steps (a new world)")
+    parser.add_argument("--batch", type=int, default=None, help="override the spec's batch (a new world)")
+    parser.add_argument("--seed", type=int, default=None, help="override the spec's seed (a new world)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     get_judge(JudgeConfig())
-    get_world(TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed))
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("seed", args.seed)) if v is not None}
+    for name in args.worlds:
+        cfg = dataclasses.replace(world_spec(name).train, **overrides)
+        log.info("world %s: %s", name, cfg.key())
+        get_world(cfg)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ too, and turns the original checkpoint into the edited model.
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from . import formats
@@ -51,16 +49,9 @@ def base_warning(records, contents: str) -> str | None:
 
 
 def lora_metadata(records, contents: str) -> dict[str, str]:
-    """Safetensors metadata saying what the LoRA holds, what it applies to, and what each edit was computed
-    on and applied to (weight format, surviving fraction)."""
-    weights_keys = ("format", "compute_dtype", "applied", "surviving", "error")
-    return {
-        "scapre.contents": contents,
-        "scapre.applies_to": applies_to(records, contents),
-        "scapre.computed_on": json.dumps([r.report.info.get("computed_on") for r in records]),
-        "scapre.weights": json.dumps([{k: (r.report.info.get("weights") or {}).get(k) for k in weights_keys}
-                                      for r in records]),
-    }
+    """What a LoRA file holds and what it applies to, for its metadata's ``lora`` entry (each edit's entry
+    records what it was computed on and the model's weight format: ``EditRecord.provenance``)."""
+    return {"contents": contents, "applies_to": applies_to(records, contents)}
 
 
 def all_changes(model) -> tuple[dict[str, torch.Tensor], list[str]]:

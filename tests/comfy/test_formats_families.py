@@ -11,6 +11,10 @@ import comfy_support
 import formats_support
 import pytest
 
+#: Run apart from the in-process SD1.5 model, with the SDXL family (tests/run_all.sh): the refiner's CLIP-G alone
+#: is 2.8 GB in float32.
+pytestmark = pytest.mark.sdxl
+
 FAMILIES = {
     # arch: (ComfyUI model class, text width, cross-attention matrices, rows per matrix)
     "sd2v": ("SD20", 1024, 32, 320),

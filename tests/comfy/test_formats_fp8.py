@@ -164,9 +164,10 @@ def test_fp8_edits_stack_save_as_lora_and_checkpoint(scapre_nodes, fp8_env, sd15
         saved = c.run_node("ScaPreSaveLoRA", model=second, filename_prefix="fp8_twice", rank=0,
                            contents="ScaPre edits")
         lora = out_dir / saved[0]
-        meta = comfy_support.safetensors_header(lora)["__metadata__"]
-        assert json.loads(meta["scapre.weights"])[0]["format"] == "float8_e4m3fn"
-        assert meta["scapre.applies_to"] == "the original model"
+        meta = json.loads(comfy_support.safetensors_header(lora)["__metadata__"]["scapre"])
+        assert [e["weights"]["format"] for e in meta["edits"]] == ["float8_e4m3fn"] * 2
+        assert meta["edits"][1]["computed_on"]["earlier_scapre_edits"] == 1
+        assert meta["lora"]["applies_to"] == "the original model"
         c.folder_paths.add_model_folder_path("loras", str(lora.parent))
         full = _load(c, fp8_env)  # the same UNet at full precision
         loaded = c.run_node("LoraLoaderModelOnly", model=full, lora_name=lora.name, strength_model=1.0)[0]

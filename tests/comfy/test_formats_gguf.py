@@ -128,8 +128,8 @@ def test_gguf_lora_loads_on_the_gguf_and_on_the_full_precision_model(scapre_node
         saved = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="gguf_edit", rank=0,
                            contents="ScaPre edits")
         lora = out_dir / saved[0]
-        assert json.loads(comfy_support.safetensors_header(lora)["__metadata__"]["scapre.weights"])[0]["format"] \
-            == "GGUF Q8_0"
+        meta = json.loads(comfy_support.safetensors_header(lora)["__metadata__"]["scapre"])
+        assert meta["edits"][0]["weights"]["format"] == "GGUF Q8_0"
         c.folder_paths.add_model_folder_path("loras", str(lora.parent))
         for base in (model, full):
             loaded = c.run_node("LoraLoaderModelOnly", model=base, lora_name=lora.name, strength_model=1.0)[0]

@@ -45,6 +45,11 @@ def _weights(model, keys):
     return {k: comfy.utils.get_attr(model.model, k).detach().float().cpu().clone() for k in keys}
 
 
+def _metadata(path: Path) -> dict:
+    """The pack's ``scapre`` metadata entry of a saved file."""
+    return json.loads(comfy_support.safetensors_header(path)["__metadata__"]["scapre"])
+
+
 def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -77,9 +82,9 @@ def test_an_edit_on_a_lora_says_so_and_saves_for_either_base(scapre_nodes, sd15_
 
         only = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="on_style", rank=0, contents="ScaPre edits")
         assert "warning" in only.ui["text"][0] and "all changes" in only.ui["text"][0]
-        meta = comfy_support.safetensors_header(out_dir / only[0])["__metadata__"]
-        assert meta["scapre.contents"] == "ScaPre edits" and "LoRA (strength 0.8)" in meta["scapre.applies_to"]
-        assert json.loads(meta["scapre.computed_on"])[0]["other_patches"][0]["kind"] == "LoRA"
+        meta = _metadata(out_dir / only[0])
+        assert meta["lora"]["contents"] == "ScaPre edits" and "LoRA (strength 0.8)" in meta["lora"]["applies_to"]
+        assert meta["edits"][0]["computed_on"]["other_patches"][0]["kind"] == "LoRA"
         c.folder_paths.add_model_folder_path("loras", str((out_dir / only[0]).parent))
         # on the model it was computed on (the same LoRA first) it gives the edited model...
         again = c.run_node("LoraLoaderModelOnly", model=styled, lora_name=Path(only[0]).name, strength_model=1.0)[0]
@@ -92,8 +97,9 @@ def test_an_edit_on_a_lora_says_so_and_saves_for_either_base(scapre_nodes, sd15_
 
         whole = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="whole", rank=0, contents="all changes")
         assert "warning" not in whole.ui["text"][0]
-        meta = comfy_support.safetensors_header(out_dir / whole[0])["__metadata__"]
-        assert meta["scapre.contents"] == "all changes" and meta["scapre.applies_to"].startswith("the original model")
+        meta = _metadata(out_dir / whole[0])
+        assert meta["lora"]["contents"] == "all changes"
+        assert meta["lora"]["applies_to"].startswith("the original model")
         loaded = c.run_node("LoraLoaderModelOnly", model=model, lora_name=Path(whole[0]).name, strength_model=1.0)[0]
         got = _weights(loaded, lora_keys)
     for k in lora_keys:  # every weight the LoRA and the edit changed, the convolution included
@@ -114,7 +120,7 @@ def test_an_edit_on_the_original_model_applies_to_it(scapre_nodes, sd15_loaded):
         saved = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="plain", rank=4, contents="ScaPre edits")
     assert report.info["computed_on"]["text"] == "the original weights"
     assert "warning" not in saved.ui["text"][0]
-    meta = comfy_support.safetensors_header(Path(c.folder_paths.get_output_directory()) / saved[0])["__metadata__"]
-    assert meta["scapre.applies_to"] == "the original model" and meta["scapre.rank"] == "4"
+    meta = _metadata(Path(c.folder_paths.get_output_directory()) / saved[0])
+    assert meta["lora"]["applies_to"] == "the original model" and meta["lora"]["rank"] == 4
     with pytest.raises(ValueError, match="contents must be one of"):
         c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="plain", rank=0, contents="everything")

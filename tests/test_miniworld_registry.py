@@ -1,0 +1,81 @@
+"""The registry of miniature worlds and the end-token probe (benchmarks/miniworld): fast, nothing is trained."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
+
+from miniworld.bench import pool
+from miniworld.model import TEXT_ENCODER_KINDS, ModelConfig, build_text_encoder
+from miniworld.probe import end_token_share
+from miniworld.train import TrainConfig
+from miniworld.world import COLOUR_NAMES, tokenize
+from miniworld.worlds import WORLDS, world_spec
+
+
+def test_registry_spans_what_matters():
+    specs = list(WORLDS.values())
+    assert len(specs) >= 3
+    assert len({s.train.key() for s in specs}) == len(specs), "two worlds would share a cache file"
+    assert {64, 128} <= {s.text_dim for s in specs}
+    assert len({s.train.seed for s in specs}) >= 2
+    assert set(TEXT_ENCODER_KINDS) <= {s.text_encoder for s in specs}
+    assert all(s.name == name and s.about for name, s in WORLDS.items())
+
+
+def test_unknown_world_and_kind_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="registered worlds"):
+        world_spec("nope")
+    with pytest.raises(ValueError, match="text_encoder must be one of"):
+        ModelConfig(text_encoder="bidirectional-typo")
+
+
+def test_new_model_fields_keep_old_cache_keys():
+    """Fields added after the first world change the key only when they differ from their defaults."""
+    cfg = TrainConfig()
+    assert "text_encoder" not in cfg.model.key_dict() and "denoiser" not in cfg.model.key_dict()
+    blind = TrainConfig(model=ModelConfig(text_encoder="causal-blind-end"))
+    assert blind.key() != cfg.key()
+    assert ModelConfig.from_dict(blind.model.to_dict()) == blind.model
+
+
+@torch.no_grad()
+def test_blind_end_tokens_carry_no_word_and_causal_ones_do():
+    torch.manual_seed(0)
+    ids = torch.stack([tokenize(c)[0] for c in COLOUR_NAMES])
+    shares = {}
+    for kind in TEXT_ENCODER_KINDS:
+        encoder = build_text_encoder(ModelConfig(text_encoder=kind)).eval()
+        shares[kind] = end_token_share(encoder(ids), last=1)
+    assert bool((shares["causal-blind-end"] == 0).all()), shares
+    assert bool((shares["causal"] > 0.01).all()), shares
+
+
+def test_end_token_share_reads_the_specific_part():
+    """Two words whose end tokens carry half of what their word tokens carry, plus a part shared by both."""
+    d = 4
+    shared = torch.randn(1, 5, d, dtype=torch.float64)
+    word = torch.zeros(2, 5, d, dtype=torch.float64)
+    word[0, 1, 0], word[1, 1, 1] = 2.0, 2.0
+    word[0, 2:, 0], word[1, 2:, 1] = 1.0, 1.0
+    share = end_token_share(shared + word, last=1)
+    assert torch.allclose(share, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="two sibling"):
+        end_token_share(word[:1], last=1)
+
+
+def test_pool_adds_counts():
+    one = {"forget": {"k": 1, "n": 4}, "keep_look": {"k": 2, "n": 2}, "keep_other": {"k": 0, "n": 0},
+           "quality": {"sum": 1.0, "sumsq": 0.5, "n": 2}}
+    two = {"forget": {"k": 3, "n": 4}, "keep_look": {"k": 0, "n": 2}, "keep_other": {"k": 1, "n": 1},
+           "quality": {"sum": 2.0, "sumsq": 2.0, "n": 2}}
+    both = pool([one, two])
+    assert both["forget"]["rate"] == 0.5 and both["forget"]["n"] == 8
+    assert both["keep_look"]["rate"] == 0.5 and both["keep_other"]["rate"] == 1.0
+    assert both["quality"]["mean"] == 0.75 and both["quality"]["n"] == 4
+    assert 0 < both["forget"]["lo"] < 0.5 < both["forget"]["hi"] < 1
