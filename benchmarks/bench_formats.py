@@ -1,7 +1,7 @@
 """How much of a ScaPre edit survives in the weights the model samples with, per weight format and per
 way ComfyUI can apply a patch (docs/model-formats.md). Runs inside a ComfyUI (CPU) on the random SD1.5 test
-checkpoint and UNet-only files derived from it (``tests/comfy/formats_support.py``, built into the test
-cache on first use).
+checkpoint's UNet (``--unet tiny``: the format tests' small SD1.5-class UNet) in UNet-only files of each
+format (``tests/comfy/formats_support.py``, built into the test cache on first use).
 
 For every format (float32, float16, bfloat16, float8_e4m3fn, float8_e5m2, scaled fp8, GGUF Q8_0, GGUF Q4_K)
 the edit is computed once by ScaPre Erase on that model, then applied each way, and the weights the layers
@@ -20,7 +20,7 @@ multiply with are read back by running each cross-attention key/value layer on t
   quantized again), as saving an edited float checkpoint and loading or converting it back gives. Computed
   from the weights, not through a ComfyUI load.
 
-Per cell: surviving fraction ``<D, C> / ||C||^2`` and error ``||D - C|| / ||C||`` pooled over the 32
+Per cell: surviving fraction ``<D, C> / ||C||^2`` and error ``||D - C|| / ||C||`` pooled over the
 matrices (``scapre_core/survival.py``), with ``D`` the change in the sampled weights and ``C`` the edit as
 computed (``--scale`` also measures ``scale * C``, a smaller edit, against the same rounding). The last
 column is what ScaPre Erase chose and printed. Usage (several minutes on 2 CPU cores)::
@@ -52,19 +52,17 @@ CONCEPTS = "cat, golden retriever"
 log = logging.getLogger("bench_formats")
 
 
-def load_unet(c, fmt: str, source: Path, gguf_nodes: Path):
+def load_unet(c, fmt: str, files: dict, gguf_nodes: Path):
+    """The UNet of ``fmt``; ``files``: kind (formats_support.UNET_KINDS) -> file in the diffusion_models folder."""
     import comfy.sd
     import torch
 
     if fmt in ("Q8_0", "Q4_K"):
         loader = formats_support.load_gguf_pack(c, gguf_nodes)
-        return loader().load_unet(formats_support.unet_file_name(fmt, source))[0]
+        return loader().load_unet(files[fmt].name)[0]
     if fmt == "scaled_fp8":
-        name = formats_support.unet_file_name("scaled_fp8", source)
-        return comfy.sd.load_diffusion_model(str(comfy_support.cache_dir() / name))
-    name = formats_support.unet_file_name("fp16", source)
-    return comfy.sd.load_diffusion_model(str(comfy_support.cache_dir() / name),
-                                         model_options={"dtype": getattr(torch, fmt)})
+        return comfy.sd.load_diffusion_model(str(files["scaled_fp8"]))
+    return comfy.sd.load_diffusion_model(str(files["fp16"]), model_options={"dtype": getattr(torch, fmt)})
 
 
 def resaved(fmt: str, app, weight, change, c):
@@ -89,13 +87,13 @@ def resaved(fmt: str, app, weight, change, c):
     return weight.to(storage).to(c), (weight + change).to(storage).to(c)
 
 
-def measure(c, fmt: str, source: Path, clip, gguf_nodes: Path, scales: list[float]) -> dict:
+def measure(c, fmt: str, files: dict, clip, gguf_nodes: Path, scales: list[float]) -> dict:
     import comfy.model_management as mm
     import torch
 
     pack = sys.modules[c.pack_module().__name__ + ".nodes.glue.formats"]
     survival = sys.modules[c.pack_module().__name__ + ".scapre_core.survival"]
-    model = load_unet(c, fmt, source, gguf_nodes)
+    model = load_unet(c, fmt, files, gguf_nodes)
     (concepts,) = c.run_node("ScaPreConceptEncode", clip=clip, concepts=CONCEPTS, concept_type="object",
                              expand_templates=False, templates="", guide="", preserve="", probes="")
     t0 = time.perf_counter()
@@ -108,7 +106,8 @@ def measure(c, fmt: str, source: Path, clip, gguf_nodes: Path, scales: list[floa
     apps = pack.plan(model, entries)
     originals = {k: pack.read_original(entries[k]) for k in keys}
     chosen = report.info["weights"]
-    result = {"format": chosen["format"], "erase_seconds": round(seconds, 2), "chosen": chosen["methods"],
+    result = {"format": chosen["format"], "matrices": len(keys), "erase_seconds": round(seconds, 2),
+              "chosen": chosen["methods"],
               "printed": {"surviving": chosen["surviving"], "error": chosen["error"],
                           "compute_dtype": chosen["compute_dtype"]},
               "rel_change": float(sum(float(d.pow(2).sum()) for d in record.diffs.values()) ** 0.5
@@ -175,7 +174,9 @@ def table(results: dict, scales: list[float]) -> str:
     cell ``surviving fraction / error``; the last column is what ScaPre Erase chose and printed."""
     lines = []
     for scale in scales:
-        lines += ["", f"edit x{scale:g}: surviving fraction / error, pooled over the 32 matrices", "",
+        matrices = sorted({r.get("matrices", 32) for r in results.values()})
+        lines += ["", f"edit x{scale:g}: surviving fraction / error, pooled over the "
+                      f"{'/'.join(map(str, matrices))} matrices", "",
                   "| format | compute | " + " | ".join(METHODS) + " | ScaPre Erase chose, printed |",
                   "|---|---|" + "---:|" * (len(METHODS) + 1)]
         for r in results.values():
@@ -198,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--scale", type=float, nargs="+", default=[1.0, 0.1],
                         help="measure these multiples of the edit (default 1 and 0.1)")
+    parser.add_argument("--unet", choices=("sd15", "tiny"), default="sd15",
+                        help="sd15: the random SD1.5 test checkpoint's UNet (32 key/value matrices, default); "
+                             "tiny: the format tests' small SD1.5-class UNet (14 matrices, quicker)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="print the tables of these earlier --out files (one run per format) instead")
@@ -220,8 +224,12 @@ def main(argv=None) -> int:
     source = comfy_support.ensure_random_checkpoint("sd15", comfy_path=comfy_path, python=python, directory=cache)
     kinds = {"float16": "fp16", "bfloat16": "fp16", "float32": "fp16", "float8_e4m3fn": "fp16",
              "float8_e5m2": "fp16", "scaled_fp8": "scaled_fp8", "Q8_0": "Q8_0", "Q4_K": "Q4_K"}
-    for fmt in args.formats:
-        formats_support.ensure_unet_file(kinds[fmt], source, comfy_path=comfy_path, python=python, directory=cache)
+    needed = sorted({kinds[fmt] for fmt in args.formats})
+    if args.unet == "tiny":
+        files = formats_support.ensure_tiny_unet_files(needed, comfy_path=comfy_path, python=python, directory=cache)
+    else:
+        files = {kind: formats_support.ensure_unet_file(kind, source, comfy_path=comfy_path, python=python,
+                                                        directory=cache) for kind in needed}
     work = Path(tempfile.mkdtemp(prefix="bench_formats_"))
     c = comfy_support.import_comfy_inprocess(comfy_path, output_dir=work / "output", temp_dir=work / "temp",
                                              model_dirs={"checkpoints": [cache], "diffusion_models": [cache]},
@@ -233,10 +241,10 @@ def main(argv=None) -> int:
         clip = comfy.sd.load_checkpoint_guess_config(str(source), output_vae=False, output_clip=True,
                                                      output_model=False)[1]
         for fmt in args.formats:
-            results[fmt] = measure(c, fmt, source, clip, work / "gguf_nodes", args.scale)
+            results[fmt] = measure(c, fmt, files, clip, work / "gguf_nodes", args.scale)
     print(table(results, args.scale))
     if args.out is not None:
-        args.out.write_text(json.dumps({"comfyui": c.version, "results": results}, indent=1))
+        args.out.write_text(json.dumps({"comfyui": c.version, "unet": args.unet, "results": results}, indent=1))
     return 0
 
 

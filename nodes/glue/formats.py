@@ -455,8 +455,9 @@ class EditTracker:
             out.append(f"the weights this model samples with differ from the computed edit by "
                        f"{'an unbounded amount' if error is None else f'{100 * error:.3g} %'} of the edit (surviving "
                        f"fraction {surviving if surviving is None else round(surviving, 4)}; weights {w['format']}, "
-                       f"edit applied {w['applied']}, compute dtype {w['compute_dtype']}); load the model in "
-                       f"float16 or bfloat16 for a faithful edit")
+                       f"edit applied {w['applied']}, compute dtype {w['compute_dtype']}): their rounding is coarse "
+                       f"next to this edit. For a faithful edit load the weights in a finer format (float32, or "
+                       f"float16 rather than bfloat16 or fp8) and compute in float32 (ModelComputeDtype)")
         if self.foreign_functions:
             out.append(f"{len(self.foreign_functions)} matrices carry weight functions of other nodes, which "
                        "cannot be read: the edit was computed without them")

@@ -1,7 +1,7 @@
-"""Test models in the formats people load: UNet-only files derived from the random SD1.5 checkpoint
-(float16, ComfyUI scaled fp8, GGUF Q8_0 and Q4_K), small random SD2.x (v-prediction) and SDXL-refiner
-checkpoints with their real text encoders, ComfyUI-GGUF unpacked into a test's own custom_nodes folder,
-and a reader for the weights a loaded model really computes with.
+"""Test models in the formats people load: UNet-only files (float16, ComfyUI scaled fp8, GGUF Q8_0 and Q4_K)
+of a small random SD1.5-class UNet (or derived from any SD1.5 checkpoint), small random SD2.x (v-prediction)
+and SDXL-refiner checkpoints with their real text encoders, ComfyUI-GGUF unpacked into a test's own
+custom_nodes folder, and a reader for the weights a loaded model really computes with.
 
 Standard library only at import time (like ``comfy_support``); torch, numpy, safetensors and gguf are
 imported where they are used. Generated files go to the test cache (``comfy_support.cache_dir()``), never
@@ -75,6 +75,46 @@ SD2_V_KEY = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1
 SD2_V_STD = 0.2
 
 
+#: A small random UNet that ComfyUI's model detection reads as SD1.5 (320 channels, 768-wide text, attention in
+#: the convolution layout), two levels with one transformer per block: 14 cross-attention key/value matrices of
+#: 320 x 768 (the real SD1.5 has 32 of the same shape). The base of the fp8 and GGUF tests' UNet-only files.
+TINY_SD15_UNET: dict[str, Any] = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
+    "num_res_blocks": [1, 1], "channel_mult": [1, 1],
+    "transformer_depth": [1, 1], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def tiny_unet_name(seed: int = 0) -> str:
+    return f"scapre-random-sd15tiny-seed{seed}-v{FORMAT_VERSION}.safetensors"
+
+
+def build_tiny_unet(out_path: Path, seed: int = 0) -> dict[str, Any]:
+    """The random :data:`TINY_SD15_UNET` as a UNet-only float16 file (keys without ``model.diffusion_model.``,
+    as Load Diffusion Model reads them), built with ComfyUI's ``supported_models.SD15`` on the meta device;
+    values as ``comfy_support._fill_tensor`` (the random SD1.5 checkpoint's)."""
+    import comfy.cli_args
+    import torch
+    from safetensors.torch import save_file
+
+    comfy.cli_args.args.cpu = True
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SD15(dict(TINY_SD15_UNET, dtype=torch.float16))
+    with torch.device("meta"):
+        model = model_config.get_model({})
+    layout = model.diffusion_model.state_dict()
+    tensors = {key: comfy_support._fill_tensor(UNET_PREFIX + key, tuple(t.shape), seed) if t.is_meta
+               else t.detach().cpu().contiguous() for key, t in sorted(layout.items())}
+    metadata = {"scapre_test_unet": "sd15tiny", "seed": str(seed), "format": str(FORMAT_VERSION)}
+    _save_atomic(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), out_path)
+    return {"arch": "sd15tiny", "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values()),
+            "bytes": out_path.stat().st_size}
+
+
 def family_checkpoint_name(arch: str, seed: int = 0) -> str:
     return f"scapre-random-{arch}-seed{seed}-v{FORMAT_VERSION}.safetensors"
 
@@ -116,7 +156,7 @@ def build_family_checkpoint(arch: str, out_path: Path, seed: int = 0) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------------
-# UNet-only files derived from the SD1.5 checkpoint
+# UNet-only files in other formats, derived from an SD1.5 checkpoint or UNet-only file
 # ------------------------------------------------------------------------------------------------
 
 def unet_file_name(kind: str, source: Path) -> str:
@@ -128,9 +168,11 @@ def _unet_tensors(source: Path) -> dict:
 
     out = {}
     with safe_open(str(source), framework="pt") as fh:
-        for key in fh.keys():
-            if key.startswith(UNET_PREFIX):
-                out[key[len(UNET_PREFIX):]] = fh.get_tensor(key)
+        keys = list(fh.keys())
+        unet_only = not any(k.startswith(UNET_PREFIX) for k in keys)  # a UNet-only file: every key is the UNet's
+        for key in keys:
+            if unet_only or key.startswith(UNET_PREFIX):
+                out[key.removeprefix(UNET_PREFIX)] = fh.get_tensor(key)
     return out
 
 
@@ -277,6 +319,19 @@ def ensure_unet_file(kind: str, source: Path, *, comfy_path: Path, python: str, 
                    python, comfy_path, timeout)
 
 
+def ensure_tiny_unet(*, comfy_path: Path, python: str, directory: Path, timeout: float = 1200) -> Path:
+    """The cached random :data:`TINY_SD15_UNET` (float16, UNet only)."""
+    return _ensure(Path(directory) / tiny_unet_name(), ["make-tiny-unet"], python, comfy_path, timeout)
+
+
+def ensure_tiny_unet_files(kinds, *, comfy_path: Path, python: str, directory: Path) -> dict[str, Path]:
+    """kind -> the cached tiny SD1.5 UNet in that format (:data:`UNET_KINDS`; "fp16" is the UNet file itself)."""
+    tiny = ensure_tiny_unet(comfy_path=comfy_path, python=python, directory=directory)
+    return {kind: tiny if kind == "fp16" else
+            ensure_unet_file(kind, tiny, comfy_path=comfy_path, python=python, directory=directory)
+            for kind in kinds}
+
+
 def ensure_family_checkpoint(arch: str, *, comfy_path: Path, python: str, directory: Path,
                              timeout: float = 1200) -> Path:
     """The cached random checkpoint of ``arch`` ("sd2v" or "refiner")."""
@@ -387,6 +442,8 @@ def _main(argv: list[str] | None = None) -> int:
     ckpt = sub.add_parser("make-checkpoint", help="a small random SD2.x-v or SDXL-refiner checkpoint")
     ckpt.add_argument("arch", choices=sorted(FAMILY_UNETS))
     ckpt.add_argument("--out", type=Path, required=True)
+    tiny = sub.add_parser("make-tiny-unet", help="the small random SD1.5-class UNet (float16, UNet only)")
+    tiny.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
@@ -402,7 +459,8 @@ def _main(argv: list[str] | None = None) -> int:
         path = comfy_support.comfyui_path()
         comfy_support._drop_foreign_modules(path)
         sys.path.insert(0, str(path))
-        summary = build_family_checkpoint(args.arch, args.out)
+        summary = (build_tiny_unet(args.out) if args.cmd == "make-tiny-unet"
+                   else build_family_checkpoint(args.arch, args.out))
     log.info("built %s in %.1f s: %s", args.out, time.perf_counter() - t0, json.dumps(summary))
     return 0
 

@@ -8,6 +8,7 @@ Everything runs under ``torch.inference_mode()``, as ComfyUI's executor runs nod
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import comfy_support
@@ -24,14 +25,14 @@ def _core(c):
 
 
 @pytest.fixture(scope="module")
-def fp8_env(scapre_nodes, sd15_loaded, sd15_ckpt_path, comfy_path, comfy_python, scapre_test_cache):
-    """The UNet-only files (float16 and scaled fp8) in the diffusion_models folder, and the SD1.5 CLIP's
-    encoding of the concepts."""
+def fp8_env(scapre_nodes, sd15_loaded, comfy_path, comfy_python, scapre_test_cache):
+    """The small SD1.5-class UNet's files (float16 and scaled fp8) in the diffusion_models folder, and the SD1.5
+    CLIP's encoding of the concepts."""
     import torch
 
     c = scapre_nodes
-    files = {kind: formats_support.ensure_unet_file(kind, sd15_ckpt_path, comfy_path=comfy_path, python=comfy_python,
-                                                    directory=scapre_test_cache) for kind in ("fp16", "scaled_fp8")}
+    files = formats_support.ensure_tiny_unet_files(("fp16", "scaled_fp8"), comfy_path=comfy_path,
+                                                   python=comfy_python, directory=scapre_test_cache)
     c.folder_paths.add_model_folder_path("diffusion_models", str(scapre_test_cache))
     with torch.inference_mode():
         (concepts,) = c.run_node("ScaPreConceptEncode", clip=sd15_loaded[1], concepts="cat, golden retriever",
@@ -46,9 +47,9 @@ def _load(c, env, weight_dtype: str = "default", scaled: bool = False):
     return c.run_node("UNETLoader", unet_name=name, weight_dtype=weight_dtype)[0]
 
 
-def _erase(c, model, concepts, preset=PRESET):
-    edited, report = c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset=preset, strength=1.0,
-                                seed=0)[:2]
+def _erase(c, model, concepts, preset=PRESET, strength=1.0):
+    edited, report = c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset=preset,
+                                strength=strength, seed=0)[:2]
     return edited, report, edited.model_options["scapre_edits"][-1]
 
 
@@ -60,6 +61,15 @@ def _assert_printed_is_measured(report, measured):
     for key, (s, e) in measured["per_matrix"].items():
         assert s == pytest.approx(printed["per_matrix"][key][0], abs=1e-9)
         assert e == pytest.approx(printed["per_matrix"][key][1], rel=1e-6, abs=1e-12)
+
+
+def _assert_table_prints_measured(table: str, measured) -> None:
+    """The pooled surviving fraction and error as ScaPre Report's table prints them (4 decimals, 3 significant
+    digits of a percentage) are the measured ones."""
+    found = re.search(r"surviving fraction of the edit: (-?[0-9.]+); error ([0-9.e+-]+) % of the edit", table)
+    assert found, table
+    assert abs(float(found[1]) - measured["surviving"]) <= 0.5e-4 + 1e-9
+    assert abs(float(found[2]) / 100 - measured["error"]) <= 0.005 * measured["error"] + 1e-12
 
 
 @pytest.mark.parametrize(("weight_dtype", "compute"), [("fp8_e4m3fn", "default"), ("fp8_e4m3fn", "bf16"),
@@ -95,8 +105,11 @@ def test_fp8_edit_reaches_the_sampled_weights_as_printed(scapre_nodes, fp8_env, 
         again = formats_support.sampled_weights(model, keys)
         assert all(torch.equal(before[k], again[k]) for k in keys)
         table = c.run_node("ScaPreReport", report=report)[1]
-    assert weights["format"] in table and "surviving fraction of the edit" in table
+    assert weights["format"] in table
+    _assert_table_prints_measured(table, measured)
+    assert "below the warning threshold" in table
     assert any("compute time" in w and "ScaPre Save Checkpoint" in w for w in report.warnings)
+    assert not any("differ from the computed edit" in w for w in report.warnings)
 
 
 def test_scaled_fp8_is_read_dequantized_and_edited_at_compute_time(scapre_nodes, fp8_env):
@@ -137,6 +150,32 @@ def test_float16_weights_take_weight_patches(scapre_nodes, fp8_env):
         _assert_printed_is_measured(report, measured)
         assert 0 < measured["error"] < 0.01  # float16 rounding of the stored sum
     assert not any("compute time" in w for w in report.warnings)
+
+
+def test_a_weak_edit_on_bfloat16_weights_warns(scapre_nodes, fp8_env):
+    """bfloat16 weights (8 significant bits) round a weak edit (strength 1e-5) coarsely: the report measures
+    that, prints it and warns (pooled error above 5 %)."""
+    import comfy.sd
+    import torch
+
+    c = scapre_nodes
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(str(fp8_env["files"]["fp16"]), model_options={"dtype": torch.bfloat16})
+        edited, report, record = _erase(c, model, fp8_env["concepts"], strength=1e-5)
+        keys = sorted(record.diffs)
+        weights = report.info["weights"]
+        assert (weights["format"], weights["methods"]) == ("bfloat16", "patch")
+        # the dtype ComfyUI computes in on this device (the CPU may cast bfloat16 weights to float32)
+        assert weights["compute_dtype"] in ("bfloat16", "float32")
+        measured = formats_support.measured_survival(formats_support.sampled_weights(model, keys),
+                                                     formats_support.sampled_weights(edited, keys), record.diffs)
+        _assert_printed_is_measured(report, measured)
+        table = c.run_node("ScaPreReport", report=report)[1]
+    assert measured["error"] > 0.05
+    _assert_table_prints_measured(table, measured)
+    assert "above the warning threshold" in table
+    (warning,) = [w for w in report.warnings if "differ from the computed edit" in w]
+    assert "bfloat16" in warning and "finer format" in warning
 
 
 def test_fp8_edits_stack_save_as_lora_and_checkpoint(scapre_nodes, fp8_env, sd15_loaded):
