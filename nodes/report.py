@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..scapre_core.report import EditReport
+from ..scapre_core.survival import weights_markdown
 from .common import CATEGORY, Report, log
 
 
@@ -17,7 +18,8 @@ class ScaPreReport(io.ComfyNode):
             display_name="ScaPre Report",
             category=CATEGORY,
             description="Show what an edit did before sampling: efficacy of every erased prompt, drift of probes and "
-                        "preserved prompts, and where in the UNet the weights changed.",
+                        "preserved prompts, where in the UNet the weights changed, and how much of the edit the "
+                        "weights the model samples with carry (its weight format: fp8, GGUF, ...).",
             inputs=[Report.Input("report", tooltip="The report output of ScaPre Erase.")],
             outputs=[
                 io.Image.Output("figure", display_name="figure",
@@ -31,7 +33,7 @@ class ScaPreReport(io.ComfyNode):
     def execute(cls, report) -> io.NodeOutput:
         if not isinstance(report, EditReport):
             raise ValueError("report must come from the report output of a ScaPre Erase node")
-        table = report.to_markdown()
+        table = report.to_markdown() + weights_markdown(report.info.get("weights"), report.info.get("computed_on"))
         from .glue.figure import FigureUnavailable, render
 
         try:

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..scapre_core import __version__
 from .common import CATEGORY, edit_records, log, progress
+from .glue import formats, stack
 from .glue.export import write_lora, write_report
 from .glue.payloads import METADATA_KEY, provenance
 
@@ -45,9 +46,11 @@ class ScaPreSaveLoRA(io.ComfyNode):
             display_name="ScaPre Save LoRA",
             category=CATEGORY,
             description="Save the ScaPre edit(s) carried by an edited MODEL as a LoRA in output/loras, loadable "
-                        "with LoraLoader on the original model (ComfyUI lists output/loras among its LoRA folders: "
-                        "refresh the node definitions to see the file; copy it to models/loras for another "
-                        "ComfyUI). A JSON report is saved next to it.",
+                        "with LoraLoader on the model the edit was computed on: the original checkpoint, or the "
+                        "checkpoint with the same LoRAs loaded first (contents 'all changes' gives one file for "
+                        "the original checkpoint). ComfyUI lists output/loras among its LoRA folders: refresh the "
+                        "node definitions to see the file; copy it to models/loras for another ComfyUI. A JSON "
+                        "report is saved next to it.",
             inputs=[
                 io.Model.Input("model", tooltip="An edited MODEL from ScaPre Erase (several edits are summed)."),
                 io.String.Input("filename_prefix", default="loras/scapre",
@@ -55,6 +58,12 @@ class ScaPreSaveLoRA(io.ComfyNode):
                 io.Int.Input("rank", default=0, min=0, max=4096,
                              tooltip="0: exact (full-rank difference keys, float32, larger file). r > 0: rank-r "
                                      "up/down factors in float16; the truncation error is reported."),
+                io.Combo.Input("contents", options=list(stack.CONTENTS), default=stack.EDITS, optional=True,
+                               tooltip="ScaPre edits: only the edits, for the model they were computed on (with "
+                                       "LoRAs loaded before the edit, load the same LoRAs first). all changes: "
+                                       "everything the MODEL carries relative to its original UNet weights (LoRAs "
+                                       "and merges under the edit included, not a LoRA's text-encoder part), for the "
+                                       "original checkpoint; one full-size difference per changed weight at rank 0."),
             ],
             outputs=[io.String.Output("lora_path", display_name="path", tooltip="The saved file, relative to the "
                                       "output folder.")],
@@ -63,12 +72,20 @@ class ScaPreSaveLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, filename_prefix, rank) -> io.NodeOutput:
+    def execute(cls, model, filename_prefix, rank, contents=stack.EDITS) -> io.NodeOutput:
         records = _records(model)
+        if contents not in stack.CONTENTS:
+            raise ValueError(f"contents must be one of {list(stack.CONTENTS)}, got {contents!r}")
+        diffs, notes = stack.all_changes(model) if contents == stack.ALL_CHANGES else (None, [])
+        notes = [*notes, *filter(None, [stack.base_warning(records, contents)])]
         base, shown = _next_path(filename_prefix, "loras")
-        matrices, error = write_lora(base + ".safetensors", records, rank, progress(cls.hidden.unique_id, "lora"))
+        matrices, error = write_lora(base + ".safetensors", records, rank, progress(cls.hidden.unique_id, "lora"),
+                                     diffs=diffs, contents=contents)
         mode = "exact" if rank == 0 else f"rank {rank}, relative error {error:.3g}"
-        message = f"saved {shown}.safetensors ({matrices} matrices, {mode})"
+        message = f"saved {shown}.safetensors ({matrices} {'matrices' if diffs is None else 'weights'}, {mode})"
+        for note in notes:
+            log.warning("ScaPreSaveLoRA: %s", note)
+        message = "\n".join([message, *(f"warning: {n}" for n in notes)])
         log.info("ScaPreSaveLoRA: %s", message)
         return io.NodeOutput(shown + ".safetensors", ui={"text": [message]})
 
@@ -100,6 +117,7 @@ class ScaPreSaveCheckpoint(io.ComfyNode):
         from comfy_extras.nodes_model_merging import save_checkpoint
 
         records = _records(model)
+        model = formats.bake_compute_edits(model)  # compute-time (fp8) edits into the weights the saver writes
         base, shown = _next_path(filename_prefix, "checkpoints")
         output_dir = folder_paths.get_output_directory()
         prefix = os.path.relpath(base, output_dir).replace(os.sep, "/")[: -len("_00000_")]

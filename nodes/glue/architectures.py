@@ -323,9 +323,13 @@ def architecture(model) -> Architecture:
 
 
 def weight_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Every diffusion-model weight's shape, read from the patcher without copying any weight."""
-    entries = model.get_key_patches(PREFIX)
-    return {k: tuple(v[0][0].shape) for k, v in entries.items()}
+    """Every diffusion-model weight's shape (as numbers: a GGUF tensor's logical shape), read from the patcher
+    without copying any weight (``formats.key_entries``: also on scaled fp8 models, where
+    ``get_key_patches`` fails)."""
+    from . import formats  # imports ComfyUI: only when a MODEL is read
+
+    entries = formats.key_entries(model, formats.weight_names(model, PREFIX))
+    return {k: tuple(e.weight.shape) for k, e in entries.items()}
 
 
 def edit_targets(model, arch: Architecture, edit: str, shapes: Mapping[str, tuple[int, ...]] | None = None

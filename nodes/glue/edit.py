@@ -20,6 +20,7 @@ from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weigh
 from ...scapre_core.concepts import ConceptSet
 from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens
 from ...scapre_core.solve import CONCEPT_BLOCK
+from . import formats
 from .architectures import (
     CLIP_LAYOUTS,
     Architecture,
@@ -32,7 +33,7 @@ from .architectures import (
 )
 from .encode import StreamSets, stream_sets
 from .payloads import EditRecord, EncodedConcepts, InformaxPayload
-from .weights import EffectiveWeights, compute_device, patched_clone
+from .weights import EffectiveWeights, compute_device, edit_records, patched_clone
 
 log = logging.getLogger("comfyui-scapre")
 
@@ -78,9 +79,9 @@ class TargetWeights(Mapping):
     """The matrices of ``targets`` as the model computes with them now (``EffectiveWeights``, one float32 CPU
     copy at a time), each sliced to its rows (PixArt's ``kv_linear`` holds a key and a value matrix)."""
 
-    def __init__(self, model, targets: list[Target]) -> None:
+    def __init__(self, weights: EffectiveWeights, targets: list[Target]) -> None:
         self.targets = {t.name: t for t in targets}
-        self._weights = EffectiveWeights(model, list(dict.fromkeys(t.key for t in targets)))
+        self._weights = weights
 
     def __getitem__(self, name: str) -> torch.Tensor:
         target = self.targets[name]
@@ -88,7 +89,7 @@ class TargetWeights(Mapping):
         return weight if target.rows is None else weight[target.rows[0]:target.rows[1]]
 
     def full_shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._weights._entries[key][0][0].shape)
+        return tuple(self._weights.entries[key].weight.shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.targets)
@@ -230,6 +231,11 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                         "weights only (the report), not on images: check with ScaPre Compare")
     if arch.note and any(t.kind == "k" for i in inputs for t in i.targets):
         warnings.append(f"{arch.name}: {arch.note}")
+    # every edited weight read through one reader (fp8, scaled fp8 and GGUF as numbers); how the edit reaches the
+    # weights the model samples with, per weight (formats)
+    effective = EffectiveWeights(model, list(dict.fromkeys(t.key for i in inputs for t in i.targets)))
+    tracker = formats.EditTracker(model, effective, edit_records(model))
+    sliced: set[str] = set()
     device = compute_device(model)
     make_room(device, max(_stream_memory(model, item, config) for item in inputs))
     total = sum(len(i.targets) for i in inputs)
@@ -238,7 +244,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     start = time.perf_counter()
     done = 0
     for item in inputs:
-        weights = TargetWeights(model, item.targets)
+        weights = TargetWeights(effective, item.targets)
         sets = item.sets
         builder = ReportBuilder({"erase": sets.erase, "probe": sets.probes, "preserve": sets.preserve},
                                 device=device, tokens=report_tokens)
@@ -252,10 +258,18 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
             original = weights[name]
             change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
             builder.add(name, original, original + change)
-            _store(diffs, weights, weights.targets[name], change)
+            target = weights.targets[name]
+            _store(diffs, weights, target, change)
+            if target.rows is None:
+                tracker.add(target.key, original, change)
+            else:
+                sliced.add(target.key)
         done += len(item.targets)
         reports.append((builder.build(), sets))
+    for key in sorted(sliced):  # fused weights (a key and a value matrix in one): measured whole
+        tracker.add(key, effective[key], diffs[key])
     seconds = time.perf_counter() - start
+    warnings += tracker.warnings()
     concept_of = {label: c for _, sets in reports for label, c in sets.concept_of.items()}
     report = combine_reports([r for r, _ in reports], [i.stream.name for i in inputs], config=config.to_dict(),
                              seconds=seconds, warnings=tuple(warnings), concept_of=concept_of,
@@ -264,10 +278,10 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                                    "method": arch.method,
                                    "informax": "precomputed" if given else "computed", "used": used,
                                    "report_tokens": report_tokens,
-                                   "report_tokens_per_prompt": scope_tokens(report_tokens)})
+                                   "report_tokens_per_prompt": scope_tokens(report_tokens), **tracker.info()})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),
                         edit=edit, version=__version__)
-    edited_model = patched_clone(model, diffs, record)
+    edited_model = patched_clone(model, diffs, record, tracker.applications)
     summary = report.summary()
     log.info("ScaPre Erase (%s): %d concept(s), %d matrices in %.2f s, mean efficacy %s", arch.name,
              summary["concepts"], summary["matrices"], seconds, summary["mean_efficacy"])
@@ -283,10 +297,10 @@ def _stream_memory(model, item: StreamInput, config: ScaPreConfig) -> int:
 
 
 def weight_shapes_of(model, targets: list[Target]) -> dict[str, tuple[int, ...]]:
-    entries = model.get_key_patches("diffusion_model.")
+    entries = formats.key_entries(model, dict.fromkeys(t.key for t in targets))
     out = {}
     for t in targets:
-        shape = tuple(entries[t.key][0][0].shape)
+        shape = tuple(entries[t.key].weight.shape)
         out[t.name] = shape if t.rows is None else (t.rows[1] - t.rows[0], *shape[1:])
     return out
 
@@ -337,7 +351,8 @@ def run_informax(model, concepts: EncodedConcepts, config: ScaPreConfig,
             if step is not None:
                 step(offset + i, total)
 
-        weights = TargetWeights(model, item.targets)
+        weights = TargetWeights(EffectiveWeights(model, list(dict.fromkeys(t.key for t in item.targets))),
+                                item.targets)
         results[item.stream.name] = informax_weights(weights, item.sets.erase, config, progress, device=device)
         keys += list(weights)
         done += len(item.targets)

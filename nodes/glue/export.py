@@ -15,6 +15,7 @@ import torch
 
 from ...scapre_core import __version__
 from ...scapre_core.lora import pooled_error
+from . import formats, stack
 from .lora_file import lora_state_dict
 from .payloads import EditRecord, provenance_metadata, report_bundle, total_diffs
 
@@ -44,13 +45,16 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
 
 
 def write_lora(path: str | os.PathLike, records: tuple[EditRecord, ...], rank: int = 0,
-               step: Callable[[int, int], None] | None = None) -> tuple[int, float]:
-    """Write the summed edits of ``records`` as a LoRA at ``path`` (+ its report); returns
-    ``(matrices, pooled relative truncation error)``. ``rank`` 0 is exact (``.diff`` keys)."""
-    diffs = total_diffs(records)
+               step: Callable[[int, int], None] | None = None, diffs: dict | None = None,
+               contents: str = stack.EDITS) -> tuple[int, float]:
+    """Write the summed edits of ``records`` (or ``diffs``: ``stack.all_changes``) as a LoRA at ``path``
+    (+ its report); returns ``(matrices, pooled relative truncation error)``. ``rank`` 0 is exact (``.diff``
+    keys). ``contents`` names what the file holds, for its metadata (``stack.lora_metadata``)."""
+    diffs = total_diffs(records) if diffs is None else diffs
     tensors, errors = lora_state_dict(diffs, rank, progress=step)
     error = pooled_error(diffs, errors)
-    metadata = provenance_metadata(records, __version__, lora={"rank": rank, "rel_error": float(f"{error:.6g}")})
+    metadata = provenance_metadata(records, __version__, lora={"rank": rank, "rel_error": float(f"{error:.6g}"),
+                                                               **stack.lora_metadata(records, contents)})
     path = Path(path)
     with atomic_paths(path, report_path(path)) as (tmp, tmp_report):
         comfy.utils.save_torch_file(tensors, str(tmp), metadata=metadata)
@@ -69,6 +73,7 @@ def write_checkpoint(path: str | os.PathLike, model, clip, vae, records: tuple[E
     tensor)`` (default: as ComfyUI holds it), with the provenance metadata and the report next to it."""
     path = Path(path)
     metadata = provenance_metadata(records, __version__)
+    model = formats.bake_compute_edits(model)  # compute-time (fp8) edits into the weights the saver writes
     comfy.model_management.load_models_gpu([model, *([clip.load_model()] if clip is not None else [])],
                                            force_patch_weights=True)
     state = model.model.state_dict_for_saving(None if clip is None else clip.get_sd(),

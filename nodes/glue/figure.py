@@ -44,7 +44,7 @@ def render(report: EditReport) -> np.ndarray:
     grid = fig.add_gridspec(2, 2, height_ratios=[top_h, heat_h])
     s = report.summary()
     fig.suptitle(f"ScaPre edit: {s['concepts']} concept(s), {s['prompts']} prompt(s), {s['matrices']} matrices, "
-                 f"{s['seconds']} s", fontsize=13)
+                 f"{s['seconds']} s" + _weights_line(report), fontsize=13)
     _prompt_panel(fig.add_subplot(grid[0, 0]), erased, "efficacy", "Erased prompts: efficacy (1 = at the guide)",
                   "#3b7dd8", (0.0, 1.0))
     if watched:
@@ -96,6 +96,11 @@ def _heat_rows(report: EditReport) -> list[tuple[str, np.ndarray, str]]:
     """(label, values per matrix, kind) rows: weight change, erased prompts (or their percentiles),
     then watched prompts (or their percentiles)."""
     rows = [("weight change", np.array([m.rel_change for m in report.matrices], dtype=float), "change")]
+    per = (report.info.get("weights") or {}).get("per_matrix") or {}
+    if per:  # how much of each matrix's edit the sampled weights carry (nodes/glue/formats.py)
+        values = [(per.get(m.name) or [None])[0] for m in report.matrices]
+        rows.append(("edit surviving (sampled)", np.array([np.nan if v is None else v for v in values], dtype=float),
+                     "efficacy"))
     erased = report.group("erase")
     rows += _group_rows(erased, "efficacy_per_matrix", "efficacy", "erased")
     watched = report.group("probe") + report.group("preserve")
@@ -136,6 +141,17 @@ def _heatmap(fig, ax, report: EditReport, rows) -> None:
     ax.set_xticks(np.arange(0, len(names), step), names[::step], rotation=90, fontsize=7)
     cbar = fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
     cbar.set_label("efficacy; drift and change relative to their largest value", fontsize=8)
+
+
+def _weights_line(report: EditReport) -> str:
+    """Second title line: the weight format and how much of the edit the sampled weights carry."""
+    w = report.info.get("weights") or {}
+    if w.get("surviving") is None:
+        return ""
+    error = w.get("error")
+    return (f"\nweights {w.get('format')} (compute {w.get('compute_dtype')}), edit applied as "
+            f"{w.get('methods')}: surviving {w['surviving']:.3f}, error "
+            + ("inf" if error is None else f"{100 * error:.2g} %") + " of the edit")
 
 
 def _clip(text: str, n: int = 36) -> str:

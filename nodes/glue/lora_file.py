@@ -3,6 +3,8 @@
 ComfyUI's LoraLoader maps kohya-style names ``lora_unet_<ldm path with _>`` onto the UNet's
 ``diffusion_model.<ldm path>.weight`` keys (COMFY_NOTES (c)). An exact edit is written as full-rank ``.diff``
 keys; a rank-``r`` edit as ``.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha`` (scale alpha/r = 1).
+Other changes a MODEL can carry (ScaPre Save LoRA's "all changes": a LoRA's convolution or bias changes)
+are written exactly: ``.diff`` for weights that are not matrices, ``.diff_b`` for biases.
 Imports no ComfyUI module, so it is tested without one.
 """
 
@@ -20,10 +22,10 @@ LORA_PREFIX = "lora_unet_"
 
 def lora_name(model_key: str) -> str:
     """``diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight`` ->
-    ``lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k``."""
-    if not model_key.startswith(UNET_PREFIX) or not model_key.endswith(".weight"):
+    ``lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k`` (the same name for the layer's ``.bias``)."""
+    if not model_key.startswith(UNET_PREFIX) or not model_key.endswith((".weight", ".bias")):
         raise ValueError(f"not a UNet weight key: {model_key!r} (expected 'diffusion_model.<path>.weight')")
-    return LORA_PREFIX + model_key[len(UNET_PREFIX):-len(".weight")].replace(".", "_")
+    return LORA_PREFIX + model_key[len(UNET_PREFIX):].rsplit(".", 1)[0].replace(".", "_")
 
 
 def lora_state_dict(
@@ -46,7 +48,11 @@ def lora_state_dict(
             progress(done - 1, len(diffs))
         name = lora_name(key)
         diff = diffs[key].detach().to(device="cpu")
-        if rank == 0:
+        if key.endswith(".bias"):
+            tensors[f"{name}.diff_b"] = diff.to(torch.float32).contiguous()
+            errors[key] = 0.0
+            continue
+        if rank == 0 or diff.ndim != 2:
             tensors[f"{name}.diff"] = diff.to(torch.float32).contiguous()
             errors[key] = 0.0
             continue

@@ -89,7 +89,14 @@ class EditRecord(_Shared):
 
     def provenance(self) -> dict[str, Any]:
         return {**self.concepts, "config": dict(self.config), "edit": self.edit, "matrices": len(self.diffs),
-                "summary": self.report.summary(), "used": dict(self.report.info.get("used", {}))}
+                "summary": self.report.summary(), "used": dict(self.report.info.get("used", {})),
+                **self.base()}
+
+    def base(self) -> dict[str, Any]:
+        """What the edit was computed on and the weights it reached (``nodes/glue/formats.py``): the model's
+        weight format, how the edit was applied, its surviving fraction (per-matrix figures left out)."""
+        weights = {k: v for k, v in (self.report.info.get("weights") or {}).items() if k != "per_matrix"}
+        return {"computed_on": self.report.info.get("computed_on"), "weights": weights}
 
 
 def total_diffs(records: tuple[EditRecord, ...]) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """A MODEL's weights in (as it computes with them), an edited clone with patches out (COMFY_NOTES (a)).
-Which weights an edit reads and changes is per architecture: ``glue.architectures``."""
+Which weights an edit reads and changes is per architecture: ``glue.architectures``; weight formats (fp8,
+scaled fp8, GGUF) and how an edit is applied to them: ``formats.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import comfy.lora
 import comfy.model_management
 import torch
 
+from . import formats
 from .payloads import MODEL_OPTIONS_KEY, EditRecord
 
 
@@ -16,40 +18,50 @@ class EffectiveWeights(Mapping):
     """The weights a model computes with right now (original plus any patches already on it, such
     as a LoRA or an earlier ScaPre edit), as float32 CPU copies made one matrix at a time.
 
-    Originals are read unpatched from the patcher (``get_key_patches``), never from the live module,
-    which holds another clone's patched weights whenever that clone was loaded last."""
+    Originals are read unpatched from the patcher, never from the live module, which holds another
+    clone's patched weights whenever that clone was loaded last; fp8, scaled fp8 and GGUF weights are
+    read as numbers (``formats.read_original``). Earlier ScaPre edits applied at compute time (weight
+    functions) are added; weight functions of other nodes cannot be read and are listed in
+    ``foreign_functions``."""
 
     def __init__(self, model, keys: list[str]) -> None:
-        entries = model.get_key_patches("diffusion_model.")
-        self._entries = {k: entries[k] for k in keys}
+        self.entries = formats.key_entries(model, keys)
+        missing = [k for k in keys if k not in self.entries]
+        if missing:
+            raise ValueError(f"this model has no weight {missing[0]!r}")
+        self.foreign_functions = sorted(k for k, e in self.entries.items()
+                                        if any(not formats.is_edit_function(f) for f in e.wrappers))
         self._last: tuple[str, torch.Tensor] | None = None
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        (weight, convert), *patches = self._entries[key]
-        value = comfy.model_management.cast_to_device(weight, torch.device("cpu"), torch.float32, copy=True)
-        value = convert(value, inplace=True)
-        if patches:
-            value = comfy.lora.calculate_weight(patches, value, key, intermediate_dtype=torch.float32)
+        entry = self.entries[key]
+        value = formats.read_original(entry)
+        if entry.patches:
+            value = comfy.lora.calculate_weight(list(entry.patches), value, key, intermediate_dtype=torch.float32)
+        for function in entry.wrappers:
+            if formats.is_edit_function(function):
+                value = value + function.diff.to(value)
         value = value.to(torch.float32)
         self._last = (key, value)
         return value
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.entries)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
 
-def patched_clone(model, diffs: Mapping[str, torch.Tensor], record: EditRecord):
-    """A clone of ``model`` whose listed weights get ``+ diff``; the input model is untouched."""
+def patched_clone(model, diffs: Mapping[str, torch.Tensor], record: EditRecord,
+                  applications: Mapping[str, formats.Application] | None = None):
+    """A clone of ``model`` whose listed weights get ``+ diff`` (as weight patches, or at compute time
+    for fp8 weights: ``formats``); the input model is untouched."""
+    if applications is None:
+        applications = formats.plan(model, formats.key_entries(model, diffs))
     clone = model.clone()
-    added = clone.add_patches({k: (d,) for k, d in diffs.items()}, 1.0, 1.0)
-    missing = set(diffs) - set(added)
-    if missing:
-        raise RuntimeError(f"ComfyUI did not accept patches for {len(missing)} keys, e.g. {sorted(missing)[0]!r}")
+    formats.apply_edit(clone, diffs, applications)
     clone.model_options[MODEL_OPTIONS_KEY] = (*edit_records(model), record)
     return clone
 
@@ -62,4 +74,3 @@ def compute_device(model) -> torch.device:
     """The device ComfyUI runs this model on (the GPU when there is one)."""
     device = getattr(model, "load_device", None)
     return torch.device(device) if device is not None else comfy.model_management.get_torch_device()
-

@@ -114,6 +114,9 @@ def test_erase_lora_equals_the_node_edit_sd15(scapre_nodes, sd15_loaded, sd15_ck
     report = json.loads(lora.with_name("no_cats.scapre.json").read_text())
     assert report["edits"][0]["concepts"] == ["cat", "golden retriever"]
     assert report["edits"][0]["config"] == _core(scapre_nodes).presets.preset_config("artists").to_dict()
+    weights = report["edits"][0]["report"]["info"]["weights"]  # the model's format and the surviving fraction
+    assert (weights["format"], weights["methods"]) == ("float32", "patch")
+    assert weights["surviving"] == pytest.approx(1.0, abs=1e-6) and weights["error"] < 1e-6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["concepts.txt", "no_cats.safetensors", "no_cats.scapre.json"]
 
 
