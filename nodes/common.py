@@ -41,22 +41,24 @@ _COMBO = {"variant": ["scale", "small", "uce", "focus"], "technique": ["replace"
           "mi_estimator": ["sampled", "expected"], "precision": ["float32", "float64"]}
 
 
-def config_input(name: str) -> io.Input:
-    """The widget for one ScaPreConfig field, with the paper's default and its meaning as tooltip."""
+def config_input(name: str, optional: bool = False) -> io.Input:
+    """The widget for one ScaPreConfig field, with the paper's default and its meaning as tooltip. ``optional``
+    for fields added after a node was first published: a prompt saved before them still validates, and the
+    field keeps its default."""
     default = getattr(ScaPreConfig(), name)
     tip = FIELD_HELP[name]
     if name in _COMBO:
-        return io.Combo.Input(name, options=_COMBO[name], default=default, tooltip=tip)
+        return io.Combo.Input(name, options=_COMBO[name], default=default, tooltip=tip, optional=optional)
     if name in _FLOAT:
         low, high, step = _FLOAT[name]
-        return io.Float.Input(name, default=default, min=low, max=high, step=step, tooltip=tip)
+        return io.Float.Input(name, default=default, min=low, max=high, step=step, tooltip=tip, optional=optional)
     if name in _INT:
         low, high = _INT[name]
         # The frontend adds a "control after generate: randomize" widget to any INT named seed unless told
         # not to; an edit should stay reproducible until the user changes the seed.
         extra = {"control_after_generate": False} if name == "seed" else {}
-        return io.Int.Input(name, default=default, min=low, max=high, tooltip=tip, **extra)
-    return io.Boolean.Input(name, default=default, tooltip=tip)
+        return io.Int.Input(name, default=default, min=low, max=high, tooltip=tip, optional=optional, **extra)
+    return io.Boolean.Input(name, default=default, tooltip=tip, optional=optional)
 
 
 def progress(node_id: str | None, label: str) -> Callable[[int, int], None]:

@@ -49,12 +49,12 @@ class ScaPreConceptEncode(io.ComfyNode):
                 io.String.Input("probes", multiline=True, default="", optional=True,
                                 tooltip="Prompts to watch in the report without protecting them, e.g. 'dog, "
                                         "tiger' when erasing 'cat'."),
-                io.Combo.Input("look_alikes", options=list(LOOK_ALIKES), default="auto", optional=True,
+                io.Combo.Input("look_alikes", options=list(LOOK_ALIKES), default="off", optional=True,
                                tooltip="For the precise preset (beyond the paper): auto finds each concept's two "
                                        "nearest look-alikes in this CLIP's own text space among about 200 everyday "
                                        "concepts (plus your preserve prompts), guides it to their mean and keeps "
-                                       "them all; 'preserve prompts' uses only yours; off skips this (the "
-                                       "published presets do not use it; it costs one encoding of the candidates). "
+                                       "them all; 'preserve prompts' uses only yours; off (default) skips this (the "
+                                       "published presets do not use it; auto costs one encoding of the candidates). "
                                        "The look-alikes found are shown below."),
             ],
             outputs=[Concepts.Output("encoded_concepts", display_name="concepts",
@@ -65,7 +65,7 @@ class ScaPreConceptEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, concepts, concept_type, expand_templates, templates, guide, preserve="",
                 probes="", look_alikes="off") -> io.NodeOutput:
-        # absent from workflows saved before the input existed: they keep their behaviour (the widget says auto)
+        # absent from workflows saved before the input existed: off, as the widget's default
         if clip is None:
             raise ValueError("clip is not connected: connect the CLIP output of your checkpoint loader")
         plan = plan_prompts(concepts, concept_type, expand_templates, templates, guide, preserve or "",

@@ -185,7 +185,8 @@ class ScaPreSettings(io.ComfyNode):
             category=CATEGORY,
             description="Every setting of a ScaPre edit, with the paper's defaults. Connect to the settings input "
                         "of ScaPre Erase, where it replaces the preset, strength and seed.",
-            inputs=[_edit_input(), *(config_input(name) for name in CONFIG_FIELDS)],
+            # fields added after 0.2.0 (strength, focus_*) are optional: prompts saved before them still run
+            inputs=[_edit_input(), *(config_input(name, optional=name not in LEGACY_FIELDS) for name in CONFIG_FIELDS)],
             outputs=[Settings.Output("scapre_settings", display_name="settings",
                                      tooltip="Connect to ScaPre Erase's settings input.")],
         )

@@ -59,6 +59,11 @@ TRAIN_SEED_OFFSET = 1_000_003
 # text side
 # ------------------------------------------------------------------------------------------------------------
 
+def _rows(encoding) -> torch.Tensor:
+    """Every conditioning row of one prompt as the text encoder gave it (``glue.encode.Encoding``)."""
+    return encoding.slice(0, encoding.length)
+
+
 def encode(clip, text: str) -> list:
     """CLIPTextEncode's CONDITIONING for ``text``: ``[[cond [1, L, d], {"pooled_output": ...}]]``."""
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
@@ -380,8 +385,8 @@ def run_attack(original, edited, clip, vae, concepts: Sequence[str], concept_typ
             pairs = concept_pairs(concept, concept_type)
             encoder = PromptEncoder(clip)
             encoder.encode_all([t for p in pairs for t in p])
-            with_c = torch.stack([encoder(p)[0] for p, _ in pairs])
-            wo_c = torch.stack([encoder(q)[0] for _, q in pairs])
+            with_c = torch.stack([_rows(encoder(p)) for p, _ in pairs])
+            wo_c = torch.stack([_rows(encoder(q)) for _, q in pairs])
             vector = concept_vector(with_c, wo_c)
             neutral_cond = encode(clip, without_concept(template))
             neutral = neutral_cond[0][0][0].detach().float().cpu()

@@ -592,8 +592,9 @@ class ComfyServer:
     temp, input and user folders there (so a ``custom_nodes/comfyui-scapre`` link in the checkout, which may
     point at another copy of the pack, is not loaded too), and the database lives there; models and this pack
     come in through an ``--extra-model-paths-config`` YAML
-    (``checkpoints:`` and ``custom_nodes:`` keys). ``--disable-all-custom-nodes --whitelist-custom-nodes
-    comfyui-scapre`` keeps the user's other custom nodes out, ``--disable-api-nodes`` the API nodes.
+    (``checkpoints:`` and ``custom_nodes:`` keys). ``--disable-all-custom-nodes --whitelist-custom-nodes``
+    with the folders of ``custom_nodes_dir`` (the pack, fixture nodes) keeps the user's other custom nodes out,
+    ``--disable-api-nodes`` the API nodes.
     """
 
     def __init__(self, comfy_path: Path, workdir: Path, *, python: str | None = None, port: int | None = None,
@@ -625,7 +626,11 @@ class ComfyServer:
             "--extra-model-paths-config", str(self.extra_paths_yaml), "--disable-api-nodes",
         ]
         if isolate_custom_nodes:
-            self.args += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_LINK_NAME]
+            # only what the test put into its own custom_nodes folder (the pack, and fixture nodes such as the DiT
+            # tests' stand-in text encoders): never the user's other custom nodes
+            allowed = sorted({PACK_LINK_NAME, *(p.name for p in Path(custom_nodes_dir).iterdir())}
+                             if custom_nodes_dir is not None else {PACK_LINK_NAME})
+            self.args += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", *allowed]
         self.args += list(extra_args)
         self.process: subprocess.Popen | None = None
         self._log_fh = None
@@ -844,7 +849,9 @@ def ui_workflow_to_api(workflow: Mapping[str, Any],
     For each node, the widget inputs of ``object_info[type]`` (required then optional, in ``input_order``
     when present) take ``widgets_values`` in order; an INT widget with ``control_after_generate`` (or named
     seed/noise_seed) is followed by its control value ("randomize", ...), and a combo with an upload flag by
-    the upload widget's value, which are skipped. A dict ``widgets_values`` maps by name. Linked inputs
+    the upload widget's value, which are skipped; widgets past the end of ``widgets_values`` (added to the node
+    after the workflow was saved) take the schema's default, as the frontend gives them. A dict
+    ``widgets_values`` maps by name. Linked inputs
     become ``[source_node_id_str, output_index]``. Note/MarkdownNote are dropped, Reroute nodes are
     followed to their source, PrimitiveNode values are taken from the target's own widget value, muted
     nodes (mode 2) are dropped with their links, and bypassed nodes (mode 4) pass the first input of the
@@ -908,6 +915,9 @@ def ui_workflow_to_api(workflow: Mapping[str, Any],
                 if any(options.get(flag) for flag in UPLOAD_FLAGS) and pos < len(values) \
                         and values[pos] in ("image", "video", "audio"):
                     pos += 1
+            elif widget and "default" in options:
+                # a widget added after the workflow was saved: the frontend gives it the schema's default
+                widget_value, has_value = options["default"], True
             if name in linked:
                 source = resolve(int(linked[name]))
                 if source is not None:

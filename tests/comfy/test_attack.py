@@ -169,7 +169,7 @@ def test_conditioning_samples_in_ksampler_and_vector_gives_one_per_strength(scap
         samples = [c.run_node("KSampler", model=edited, seed=3, steps=1, cfg=1.0, sampler_name="euler",
                               scheduler="normal", positive=positive, negative=neg, latent_image=latent,
                               denoise=1.0)[0]["samples"] for positive in out[0]]
-        (decoded,) = c.run_node("VAEDecode", samples=samples[1], vae=vae)
+        (decoded,) = c.run_node("VAEDecode", samples={"samples": samples[1]}, vae=vae)
     assert all(s.shape == (1, 4, 8, 8) and torch.isfinite(s).all() for s in samples)
     assert not torch.equal(samples[0], samples[1])
     # KSampler with the found conditioning and the node's seed draws the node's attacked image
