@@ -135,12 +135,12 @@ def test_blocks_of_prompts_give_the_direct_sums(monkeypatch):
     assert one_per_block.matrices[0].rel_change == pytest.approx(change, rel=1e-12)
 
 
-def _long_prompts(n: int = 5, length: int = 40, dim: int = 10):
+def _long_prompts(n: int = 5, length: int = 40, dim: int = 10, lasts: tuple[int, ...] = (1, 3, 7, 2, 5)):
     """Prompts much longer than the key scope, last words at different places, two guides (one empty)."""
     g = torch.Generator().manual_seed(11)
     seqs = [torch.randn(length, dim, generator=g, dtype=torch.float64) for _ in range(n)]
     guides = [torch.randn(length, dim, generator=g, dtype=torch.float64) for _ in range(2)]
-    concepts = ConceptSet.from_embeddings(seqs, [1, 3, 7, 2, 5][:n], [guides[j % 2] for j in range(n)],
+    concepts = ConceptSet.from_embeddings(seqs, list(lasts[:n]), [guides[j % 2] for j in range(n)],
                                           [0, 4] * (n // 2) + [0] * (n % 2),
                                           torch.randn(length, dim, generator=g, dtype=torch.float64),
                                           erase_texts=[f"p{j}" for j in range(n)])
@@ -184,7 +184,8 @@ def test_key_tokens_are_exact_on_the_last_word_and_the_tokens_after_it():
 def test_key_equals_full_on_prompts_no_longer_than_the_key_scope():
     from comfyui_scapre.scapre_core.report import KEY_TOKENS
 
-    concepts, weights, edited = _long_prompts(length=KEY_TOKENS + 2)  # last words at 1..7: at most 1+K tokens
+    # last words at 1..K+1 of K+2 tokens: each context (from the last word on) has at most 1+K tokens
+    concepts, weights, edited = _long_prompts(length=KEY_TOKENS + 2, lasts=(1, 3, KEY_TOKENS + 1, 2, KEY_TOKENS))
     assert all(c.shape[0] <= 1 + KEY_TOKENS for c in concepts.contexts)
     key = _build(concepts, weights, edited, "key")
     full = _build(concepts, weights, edited, "full")
