@@ -1,0 +1,149 @@
+"""The miniature world's diffusion transformers and T5-like encoder (benchmarks/miniworld/dit.py).
+
+Fast tests check the anatomy (where the text enters, T5's token layout and padding, the alignment of the edit's
+contexts); one slow test trains a tiny colours-only MMDiT world and erases a colour through its text-input
+projection alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
+
+from comfyui_scapre.scapre_core import ScaPreConfig
+from miniworld.dit import PAD, T5_CONTEXT, t5_tokenize
+from miniworld.evaluate import Ask, concept_set, draw, edited_unet
+from miniworld.model import ModelConfig, build_denoiser, build_text_encoder, cross_attention_weights
+from miniworld.train import TrainConfig, World, train_world
+from miniworld.world import COLOURS, END, VOCAB
+from miniworld.worlds import WORLDS
+
+SMALL = dict(text_dim=16, text_layers=1, text_heads=2, dit_width=16, dit_depth=2, dit_heads=2)
+
+
+def small(encoder: str, denoiser: str) -> ModelConfig:
+    return ModelConfig(text_encoder=encoder, denoiser=denoiser, **SMALL)
+
+
+def test_t5_layout_has_no_start_token_and_pads_with_its_own_token():
+    ids, last = t5_tokenize("a red circle")
+    assert ids.shape == (T5_CONTEXT,) and last == 2
+    assert ids[:3].tolist() == [VOCAB["a"], VOCAB["red"], VOCAB["circle"]]
+    assert int(ids[3]) == END and bool((ids[4:] == PAD).all())
+    empty, last_empty = t5_tokenize("")
+    assert last_empty == -1 and int(empty[0]) == END and bool((empty[1:] == PAD).all())
+    with pytest.raises(ValueError, match="unknown word"):
+        t5_tokenize("a <end>")
+
+
+@torch.no_grad()
+def test_t5_encoders_read_both_ways_and_handle_padding_as_documented():
+    torch.manual_seed(0)
+    a, _ = t5_tokenize("a red circle")
+    b, _ = t5_tokenize("a red square")
+    ids = torch.stack([a, b])
+    for kind in ("t5", "t5-masked"):
+        out = build_text_encoder(small(kind, "mmdit")).eval()(ids)
+        assert out.shape == (2, T5_CONTEXT, 16)
+        assert not torch.allclose(out[0, 1], out[1, 1]), f"{kind}: an earlier word does not read a later one"
+        pad = out[:, 4:]
+        if kind == "t5-masked":  # Wan: padding read by no one, zeroed
+            assert bool((pad == 0).all())
+        else:  # Flux: padding reads the prompt
+            assert not torch.allclose(pad[0], pad[1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("denoiser", ["dit-cross", "mmdit"])
+def test_text_reaches_a_transformer_only_through_the_edited_weights(denoiser):
+    """With the edited weights zeroed, what the transformer predicts no longer depends on the text."""
+    torch.manual_seed(0)
+    model = build_denoiser(small("t5", denoiser)).eval()
+    for layer in model.modules():  # the zero-initialised head would hide every dependence
+        if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
+            torch.nn.init.normal_(layer.weight, std=0.2)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([500, 500])
+    c1, c2 = torch.randn(2, T5_CONTEXT, 16), torch.randn(2, T5_CONTEXT, 16)
+    assert not torch.allclose(model(x, t, c1), model(x, t, c2))
+    edited = cross_attention_weights(model)
+    expected = ({"txt_in.weight"} if denoiser == "mmdit" else
+                {f"blocks.{i}.cross_attn.{kv}.weight" for i in range(2) for kv in "kv"})
+    assert set(edited) == expected
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in edited.items()}, strict=False)
+    assert torch.allclose(model(x, t, c1), model(x, t, c2), atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("encoder,denoiser", [("t5-masked", "dit-cross"), ("t5", "mmdit")])
+def test_concept_contexts_follow_the_packs_t5_alignment(encoder, denoiser):
+    """From the last word on, aligned with the empty guide's end token taken twice, after the model's own text
+    projection (nodes/glue/encode.py's definition for encoders without a start token)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=small(encoder, denoiser))
+    world = World(cfg, build_text_encoder(cfg.model).eval(), build_denoiser(cfg.model).eval(), None, 0.0, 0.0, 0)
+    cs = concept_set(world, ["red", "green triangle"], ["orange"])
+    enc, last = world.encode(["red", "green triangle", "", "orange"])
+    ctx = world.unet.text_contexts(enc)
+    red, pair, empty, orange = ctx
+    guide = torch.cat([empty[:1], empty])
+    assert last[:2] == [0, 1]
+    assert torch.equal(cs.contexts[0], red) and torch.equal(cs.targets[0], guide[:T5_CONTEXT])
+    assert torch.equal(cs.contexts[1], pair[1:]) and torch.equal(cs.targets[1], guide[:T5_CONTEXT - 1])
+    assert torch.equal(cs.concept_vecs, torch.stack([red[0], pair[1]]))
+    assert torch.equal(cs.empty_vec, empty[0])
+    assert torch.equal(cs.preserve_contexts[0], orange)
+    assert cs.dim == (16 if denoiser == "mmdit" else SMALL["dit_width"])
+
+
+def test_registry_has_a_world_of_each_transformer():
+    kinds = {(s.text_encoder, s.denoiser) for s in WORLDS.values()}
+    assert {("t5-masked", "dit-cross"), ("t5", "mmdit")} <= kinds
+
+
+# --- slow: a tiny MMDiT world, erased through txt_in -----------------------------------------------------------
+
+TINY = TrainConfig(model=ModelConfig(text_dim=32, text_layers=1, text_heads=2, text_encoder="t5", denoiser="mmdit",
+                                     dit_width=48, dit_depth=2, dit_heads=2),
+                   steps=400, batch=32, lr=3e-3, warmup=50, ema=0.99, seed=0, colours_only=True)
+PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0
+IMAGES = 12
+
+
+def colour_read(images: torch.Tensor) -> list[str]:
+    """The palette colour nearest to the mean of each picture's drawn (non-background) pixels."""
+    rgb = (images + 1) / 2
+    drawn = rgb.amax(dim=1, keepdim=True) > 0.3
+    mean = (rgb * drawn).sum(dim=(2, 3)) / drawn.sum(dim=(2, 3)).clamp(min=1)
+    names = list(COLOURS)
+    return [names[int(i)] for i in torch.cdist(mean, PALETTE).argmin(dim=1)]
+
+
+def rates(world, colours: list[str], unet=None) -> dict[str, float]:
+    asks = [Ask(c, "circle", "solid", 1 + i % 4) for c in colours for i in range(IMAGES)]
+    read = colour_read(draw(world, asks, 0, unet=unet, steps=10, guidance=7.0))
+    return {c: sum(r == c for r, a in zip(read, asks, strict=True) if a.colour == c) / IMAGES for c in colours}
+
+
+@pytest.mark.slow
+def test_erasing_a_colour_through_the_text_input_projection():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        world = train_world(TINY, log_every=0)
+        colours = ["red", "yellow", "green", "blue", "white"]
+        before = rates(world, colours)
+        assert before["red"] >= 0.5, f"the tiny world does not draw red yet ({before}); the test would prove nothing"
+        unet = edited_unet(world, concept_set(world, ["red"]), ScaPreConfig(variant="uce", erase_scale=1.0))
+        changed = [k for k, v in unet.state_dict().items() if not torch.equal(v, world.unet.state_dict()[k])]
+        assert changed == ["txt_in.weight"]
+        after = rates(world, colours, unet)
+        assert after["red"] < before["red"], (before, after)
+        for c in colours[1:]:
+            assert after[c] >= before[c] - 0.25, (c, before, after)
+    finally:
+        torch.set_num_threads(saved)
