@@ -70,8 +70,10 @@ def _edit_input() -> io.Input:
 
 def _informax_input() -> io.Input:
     return Informax.Input("informax", optional=True,
-                          tooltip="Optional precomputed row weights from ScaPre Informax. When connected, "
-                                  "its settings replace this node's Informax settings.")
+                          tooltip="Optional precomputed row weights from ScaPre Informax. When connected, its "
+                                  "Informax settings replace this node's (or the preset's, or ScaPre Settings'): p, "
+                                  "the MI and entropy settings, seed and precision. The node's summary lists "
+                                  "every setting replaced.")
 
 
 def _erase_outputs() -> list[io.Output]:
@@ -84,11 +86,12 @@ def _erase_outputs() -> list[io.Output]:
     ]
 
 
-def _erase_output(model, concepts, settings: EraseSettings, informax, node_id) -> io.NodeOutput:
-    """Both erase nodes end here: one edit function, one output shape."""
+def _erase_output(model, concepts, settings: EraseSettings, informax, node_id, origin: dict) -> io.NodeOutput:
+    """Both erase nodes end here: one edit function, one output shape. The node shows the summary and
+    what the edit used (``used``: where the settings came from, seed, precision, Informax source)."""
     edited_model, record = run_erase(model, concepts, settings.config, settings.edit, informax,
-                                     progress(node_id, "erase"))
-    summary = record.report.summary()
+                                     progress(node_id, "erase"), origin=origin)
+    summary = {**record.report.summary(), "used": record.report.info["used"]}
     return io.NodeOutput(edited_model, record.report, ui={"scapre_summary": [summary]})
 
 
@@ -118,11 +121,13 @@ class ScaPreEraseSimple(io.ComfyNode):
                                tooltip="Multiplies the preset's erase_scale: 1 is the published setting, higher "
                                        "erases harder and changes more. Ignored when settings is connected."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip=FIELD_SEED + " Ignored when settings is connected (it has its own seed)."),
+                             tooltip=FIELD_SEED + " Ignored when settings is connected (it has its own seed) or "
+                                     "when informax is connected (ScaPre Informax's seed is used)."),
                 _informax_input(),
                 Settings.Input("settings", optional=True,
                                tooltip="Optional, from ScaPre Settings: every setting of the edit. When "
-                                       "connected it replaces preset, strength and seed."),
+                                       "connected it replaces preset, strength and seed (a connected ScaPre "
+                                       "Informax still sets the Informax settings)."),
             ],
             outputs=_erase_outputs(),
             hidden=[io.Hidden.unique_id],
@@ -136,12 +141,14 @@ class ScaPreEraseSimple(io.ComfyNode):
             if (preset, strength, seed) != ("custom", 1.0, 0):
                 log.info("ScaPre Erase: settings connected; preset %r, strength %s and seed %s are not used",
                          preset, strength, seed)
+            origin = {"source": "ScaPre Settings"}
         else:
             try:
                 settings = EraseSettings(preset_config(preset, strength, seed))
             except ValueError as err:
                 raise ValueError(f"invalid ScaPre setting: {err}") from None
-        return _erase_output(model, concepts, settings, informax, cls.hidden.unique_id)
+            origin = {"source": "preset", "preset": preset, "strength": float(strength)}
+        return _erase_output(model, concepts, settings, informax, cls.hidden.unique_id, origin)
 
 
 class ScaPreSettings(io.ComfyNode):
@@ -193,4 +200,4 @@ class ScaPreErase(io.ComfyNode):
     @classmethod
     def execute(cls, model, concepts, edit, informax=None, **values) -> io.NodeOutput:
         return _erase_output(model, concepts, EraseSettings(_build_config(values), edit), informax,
-                             cls.hidden.unique_id)
+                             cls.hidden.unique_id, {"source": "widgets"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import folder_paths
@@ -11,6 +10,7 @@ from comfy_api.latest import io
 from ..scapre_core import __version__
 from .common import CATEGORY, edit_records, log, progress
 from .glue.export import write_lora, write_report
+from .glue.payloads import METADATA_KEY, provenance
 
 
 def _records(model):
@@ -45,7 +45,9 @@ class ScaPreSaveLoRA(io.ComfyNode):
             display_name="ScaPre Save LoRA",
             category=CATEGORY,
             description="Save the ScaPre edit(s) carried by an edited MODEL as a LoRA in output/loras, loadable "
-                        "with LoraLoader on the original model. A JSON report is saved next to it.",
+                        "with LoraLoader on the original model (ComfyUI lists output/loras among its LoRA folders: "
+                        "refresh the node definitions to see the file; copy it to models/loras for another "
+                        "ComfyUI). A JSON report is saved next to it.",
             inputs=[
                 io.Model.Input("model", tooltip="An edited MODEL from ScaPre Erase (several edits are summed)."),
                 io.String.Input("filename_prefix", default="loras/scapre",
@@ -101,10 +103,9 @@ class ScaPreSaveCheckpoint(io.ComfyNode):
         base, shown = _next_path(filename_prefix, "checkpoints")
         output_dir = folder_paths.get_output_directory()
         prefix = os.path.relpath(base, output_dir).replace(os.sep, "/")[: -len("_00000_")]
-        provenance = {"pack": "comfyui-scapre", "version": __version__,
-                      "edits": [r.provenance() for r in records]}
         extra = dict(cls.hidden.extra_pnginfo or {})
-        extra["scapre"] = json.loads(json.dumps(provenance, default=str))
+        # ComfyUI's saver writes each entry as JSON: the same "scapre" entry the pack's other savers write
+        extra[METADATA_KEY] = provenance(records, __version__)
         save_checkpoint(model, clip=clip, vae=vae, filename_prefix=prefix, output_dir=output_dir,
                         prompt=cls.hidden.prompt, extra_pnginfo=extra)
         write_report(base + ".scapre.json", records, os.path.basename(base) + ".safetensors")

@@ -11,8 +11,8 @@
 #
 # Environment: PYTHON (python for the core tests; default the first host's venv, or `python` / `python3`
 # without a host; comfy_host.py runs with it too, or with `python`); SCAPRE_COMFY_LOCK (a file
-# that serialises ComfyUI suites machine-wide with flock, default /tmp/scapre-comfy.lock: one suite at a time,
-# an SDXL-family test needs ~13 GB of RAM); PYTEST_ADDOPTS as usual.
+# that serialises ComfyUI suites machine-wide with flock, default /tmp/scapre-comfy.lock: one suite at a time);
+# PYTEST_ADDOPTS as usual. Each ComfyUI suite's stage line ends with the peak memory of its process tree.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,10 +73,20 @@ if [ ${#hosts[@]} -gt 0 ] && command -v flock > /dev/null; then
     exec 9> "$LOCK"
     stage "wait for $LOCK" flock 9
 fi
+# Each suite under tests/peak_memory.py: the peak memory of its whole process tree (pytest, the ComfyUI servers
+# and command-line runs it starts, the browser) is printed with the stage's time.
+peak_file=$(mktemp)
+# Three pytest processes per host (markers set in tests/comfy/conftest.py): the tests that load the SDXL-family
+# checkpoint (sdxl), those that start ComfyUI servers of their own (servers: evaluate on two servers), and the rest,
+# so that the in-process SD1.5 model, the SDXL-family model and the servers' models are never in memory together.
 for host in "${hosts[@]}"; do
-    stage "ComfyUI $(basename "$host") tests" env COMFYUI_PATH="$host/ComfyUI" \
-        "$host/venv/bin/python" -m pytest -q tests/comfy
+    for part in "not sdxl and not servers" "servers" "sdxl"; do
+        stage "ComfyUI $(basename "$host") tests (-m \"$part\")" "$PY" tests/peak_memory.py --peak-file "$peak_file" \
+            -- env COMFYUI_PATH="$host/ComfyUI" "$host/venv/bin/python" -m pytest -q -m "$part" tests/comfy
+        summary[${#summary[@]}-1]+="  peak $(cat "$peak_file" 2>/dev/null || echo '?') GiB"
+    done
 done
+rm -f "$peak_file"
 exec 9>&-
 
 report

@@ -18,7 +18,16 @@ from comfyui_scapre.nodes.cli import evaluate_command as evaluate
 from comfyui_scapre.scapre_core.evaluation import measures
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path("/work/shared/datasets")
+#: The paper's evaluation CSVs (from the authors' repository), in the project's shared folder beside the checkout.
+DATASETS = next((p for p in (ROOT.parent / "shared" / "datasets", Path("/work/shared/datasets")) if p.is_dir()),
+                ROOT.parent / "shared" / "datasets")
+
+
+def _dataset(name: str) -> Path:
+    path = DATASETS / name
+    if not path.is_file():
+        pytest.skip(f"the paper's {name} is not at {path} (the project's shared/datasets beside the checkout)")
+    return path
 
 #: ``python -m <folder>`` runs the pack as ComfyUI users do from ``custom_nodes``: a folder holding a link to it.
 LINK_NAME = "comfyui-scapre"
@@ -60,6 +69,8 @@ def concepts(tmp_path) -> Path:
 def _bad_erase_cases(ckpt: Path, concepts: Path, tmp: Path) -> list[tuple[list[str], str]]:
     settings = tmp / "s.json"
     settings.write_text('{"pp": 1}')
+    no_class = tmp / "p.csv"
+    no_class.write_text("prompt,evaluation_seed\na cat,1\n")
     broken = tmp / "b.json"
     broken.write_text("{")
     out = str(tmp / "o.safetensors")
@@ -79,7 +90,11 @@ def _bad_erase_cases(ckpt: Path, concepts: Path, tmp: Path) -> list[tuple[list[s
         (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--settings", str(settings)],
          "unknown setting(s) ['pp']"),
         (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--settings", str(broken)], "is not JSON"),
-        (["erase", str(ckpt), "--concepts", str(DATASETS / "coco_30k.csv"), "--out", out], "no 'class' column"),
+        (["erase", str(ckpt), "--concepts", str(no_class), "--out", out], "no 'class' column"),
+        (["erase", str(ckpt), "--concepts", str(concepts), "--lora", out, "--dtype", "fp16"],
+         "--dtype applies to --out"),
+        (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--dtype", "fp8"],
+         "argument --dtype: invalid choice: 'fp8'"),
         (["erase", str(ckpt), "--concepts", str(concepts), "--out", out, "--comfyui", str(tmp)],
          "is not a ComfyUI folder"),
         (["evaluate", "--base", "a", "--edit", "b", "--prompts", "p.csv", "--out", "o"],
@@ -89,7 +104,7 @@ def _bad_erase_cases(ckpt: Path, concepts: Path, tmp: Path) -> list[tuple[list[s
         (["evaluate", "--server", "http://127.0.0.1:1", "--base", "a", "--edit", "b",
           "--prompts", str(concepts), "--out", str(tmp / "o")], "lacks column(s) ['prompt', 'evaluation_seed']"),
         (["evaluate", "--server", "http://127.0.0.1:1", "--base", "a", "--edit", "b", "--width", "60",
-          "--prompts", str(DATASETS / "art_5.csv"), "--out", str(tmp / "o")], "multiples of 8"),
+          "--prompts", str(no_class), "--out", str(tmp / "o")], "multiples of 8"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ]
 
@@ -112,7 +127,8 @@ def test_bad_arguments_give_one_line_and_exit_code_2(ckpt, concepts, tmp_path, c
         assert len(lines) == 1 and message in lines[0], (args, err)
         assert lines[0].startswith("python -m comfyui_scapre"), lines[0]  # the package name
         assert not out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "concepts.txt", "model.safetensors", "s.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "concepts.txt", "model.safetensors", "p.csv",
+                                                          "s.json"]
 
 
 def test_without_a_comfyui_the_message_says_how_to_give_one(ckpt, concepts, tmp_path, run_cli):
@@ -131,16 +147,59 @@ def test_help_lists_the_presets(capsys):
         assert name in out
 
 
+def test_saved_dtypes_follow_the_loaded_checkpoint_unless_told(tmp_path):
+    """--out keeps each tensor's dtype in the input file (keys it lacks: its part's usual dtype)."""
+    import torch
+    from comfyui_scapre.nodes.cli import erase_command
+    from safetensors.torch import save_file
+
+    source = tmp_path / "in.safetensors"
+    save_file({"model.diffusion_model.a": torch.zeros(2, dtype=torch.float16),
+               "model.diffusion_model.b": torch.zeros(2, dtype=torch.float16),
+               "model.diffusion_model.c": torch.zeros(2, dtype=torch.float32),
+               "first_stage_model.x": torch.zeros(2, dtype=torch.float32),
+               "alphas_cumprod": torch.zeros(2, dtype=torch.float64)}, str(source))
+    f32 = torch.zeros(2)
+    same = erase_command.saved_dtypes(source)
+    assert same("model.diffusion_model.a", f32) == torch.float16
+    assert same("model.diffusion_model.c", f32) == torch.float32
+    assert same("model.diffusion_model.new", f32) == torch.float16  # the UNet's usual dtype
+    assert same("first_stage_model.y", f32) == torch.float32
+    assert same("alphas_cumprod", f32) == torch.float64
+    assert same("model.diffusion_model.a", torch.zeros(2, dtype=torch.int64)) == torch.int64  # not floating
+    bf16 = erase_command.saved_dtypes(source, "bf16")
+    assert bf16("first_stage_model.x", f32) == torch.bfloat16
+    assert bf16("k", torch.zeros(1, dtype=torch.int32)) == torch.int32
+
+
+def test_without_an_accelerator_the_cpu_is_chosen(monkeypatch):
+    import importlib.util
+
+    import torch
+    from comfyui_scapre.nodes.cli import host
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if hasattr(torch, "xpu"):
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torch_npu", "torch_mlu") else real_find_spec(name, *a))
+    assert host.accelerator_available() is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert host.accelerator_available() is True
+
+
 # ------------------------------------------------------------------------------------------------
 # input files
 # ------------------------------------------------------------------------------------------------
 
 def test_concepts_from_the_papers_csvs_are_the_distinct_classes_in_order():
-    text = inputs.read_concepts(DATASETS / "imagenette.csv")
+    text = inputs.read_concepts(_dataset("imagenette.csv"))
     assert text.splitlines() == ["tench", "English springer", "cassette player", "chain saw", "church",
                                  "French horn", "garbage truck", "gas pump", "golf ball", "parachute"]
-    assert len(inputs.read_concepts(DATASETS / "art_50.csv").splitlines()) == 50
-    assert len(inputs.read_concepts(DATASETS / "imagenet-50.csv").splitlines()) == 50
+    assert len(inputs.read_concepts(_dataset("art_50.csv")).splitlines()) == 50
+    assert len(inputs.read_concepts(_dataset("imagenet-50.csv")).splitlines()) == 50
 
 
 def test_concepts_from_text_and_csv_columns(tmp_path):
@@ -161,10 +220,10 @@ def test_concepts_from_text_and_csv_columns(tmp_path):
 
 
 def test_prompts_csv(tmp_path):
-    rows = inputs.read_prompts(DATASETS / "art_5.csv")
+    rows = inputs.read_prompts(_dataset("art_5.csv"))
     assert len(rows) == 100 and rows[0].prompt == "Image in the style of Van Gogh" and rows[0].seed == 1089
     assert rows[0].cls == "Van Gogh" and rows[5].index == 5
-    coco = inputs.read_prompts(DATASETS / "coco_30k.csv")
+    coco = inputs.read_prompts(_dataset("coco_30k.csv"))
     assert coco[0].cls == "" and coco[0].seed == 41337
     (tmp_path / "bad.csv").write_text("prompt,evaluation_seed\na cat,x\n")
     with pytest.raises(inputs.InputError, match="row 2: evaluation_seed 'x' is not an integer"):
@@ -197,6 +256,37 @@ def test_kind_of_a_row():
     assert evaluate.kind_of(row, ("Tench",)) == "erased"
     assert evaluate.kind_of(row, ("church",)) == "kept"
     assert evaluate.kind_of(inputs.PromptRow(0, "a photo of Van  Gogh's room", 1, ""), ("van gogh",)) == "erased"
+
+
+def _safetensors_with(path: Path, metadata: dict[str, str] | None) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_x.diff": torch.zeros(1)}, str(path), metadata=metadata)
+    return path
+
+
+def test_evaluate_reads_every_metadata_layout_the_pack_has_written(tmp_path):
+    """0.3.0's one ``scapre`` entry; 0.2.0's ScaPre Save Checkpoint entry (no ``format``, concepts per edit) and
+    its ``scapre.*`` keys (LoRA and command line); a file without any: the ``.scapre.json`` next to it."""
+    from comfyui_scapre.nodes.glue import payloads
+
+    now = {"scapre": json.dumps({"format": "scapre-metadata/1", "pack": "comfyui-scapre", "version": "0.3.0",
+                                 "concepts": ["cat", "dog"], "guides": [""], "edits": []})}
+    node_020 = {"scapre": json.dumps({"pack": "comfyui-scapre", "version": "0.2.0",
+                                      "edits": [{"concepts": ["cat"]}, {"concepts": ["dog"]}]})}
+    keys_020 = {"scapre.pack": "comfyui-scapre", "scapre.version": "0.2.0", "scapre.concepts": '["cat", "dog"]',
+                "scapre.rank": "0"}
+    for name, metadata in (("now", now), ("node_020", node_020), ("keys_020", keys_020)):
+        assert payloads.read_provenance(metadata)["concepts"] == ["cat", "dog"], name
+        path = _safetensors_with(tmp_path / f"{name}.safetensors", metadata)
+        assert evaluate._edit_info(str(path)) == (path.name, "lora", ("cat", "dog")), name
+    assert payloads.read_provenance({"modelspec.title": "x"}) is None
+    bare = _safetensors_with(tmp_path / "bare.safetensors", None)  # e.g. saved with --disable-metadata
+    assert evaluate._edit_info(str(bare))[2] == ()
+    (tmp_path / "bare.scapre.json").write_text(json.dumps({"format": "scapre-report-bundle/1",
+                                                           "edits": [{"concepts": ["tench"]}]}))
+    assert evaluate._edit_info(str(bare))[2] == ("tench",)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -118,12 +118,32 @@ export function describePlan(plan) {
 
 const num = (value) => (typeof value === "number" && Number.isFinite(value) ? value.toFixed(3) : str(value) || "–");
 
+// what the edit used (report.info.used, nodes/glue/edit.py run_erase): where the settings came from, the seed,
+// and whether a connected ScaPre Informax replaced any of them
+export function describeUsed(u) {
+    if (!u || typeof u !== "object") return [];
+    let source = str(u.source);
+    if (u.source === "preset") {
+        const strength = typeof u.strength === "number" ? ` × ${u.strength.toFixed(2)}` : "";
+        source = `preset ${str(u.preset)}${strength}`;
+    } else if (u.source === "widgets") {
+        source = "this node's widgets";
+    }
+    const lines = [`used: ${source} · seed ${str(u.seed)} · ${str(u.precision)} · Informax ${str(u.informax)}`];
+    const replaced = u.replaced_by_informax && typeof u.replaced_by_informax === "object"
+        ? Object.entries(u.replaced_by_informax) : [];
+    if (replaced.length) {
+        lines.push(`ScaPre Informax replaced: ${replaced.map(([k, v]) => `${k} ${str(v)}`).join(", ")}`);
+    }
+    return lines;
+}
+
 export function describeSummary(s) {
     if (!s || typeof s !== "object") return str(s);
     const matrices = `${s.matrices ?? 0} ${s.matrices === 1 ? "matrix" : "matrices"}`;
     const seconds = typeof s.seconds === "number" ? `${s.seconds.toFixed(1)} s` : "";
     const erased = `erased ${plural(s.concepts ?? 0, "concept")} (${plural(s.prompts ?? 0, "prompt")})`;
-    const lines = [[erased, matrices, seconds].filter(Boolean).join(" · ")];
+    const lines = [[erased, matrices, seconds].filter(Boolean).join(" · "), ...describeUsed(s.used)];
     const worst = (label, item, extra = "") => `worst ${label} ${num(item.value)} · "${str(item.text)}"${extra}`;
     if (s.mean_efficacy != null) lines.push(`mean efficacy ${num(s.mean_efficacy)}`);
     if (s.worst_efficacy) lines.push(worst("efficacy", s.worst_efficacy));

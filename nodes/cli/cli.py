@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--out", metavar="FILE.safetensors", help="write the edited checkpoint here")
     erase.add_argument("--lora", metavar="FILE.safetensors", help="write the edit as a LoRA here")
     erase.add_argument("--rank", type=int, default=0, help="LoRA rank: 0 exact (default), r > 0 rank-r factors")
+    erase.add_argument("--dtype", choices=["same", "fp16", "bf16", "fp32"], default="same",
+                       help="dtype of --out's floating tensors: same (default) keeps each one's dtype in CHECKPOINT")
     erase.add_argument("--preset", choices=PRESET_NAMES, default="custom", metavar="NAME",
                        help="published setting: " + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
     erase.add_argument("--strength", type=float, default=1.0, help="multiplies the preset's erase_scale (1)")

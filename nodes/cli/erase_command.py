@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from ...scapre_core.presets import EraseSettings, preset_config
 from ...scapre_core.prompts import plan_prompts
@@ -29,6 +34,8 @@ class EraseJob:
     out: Path | None
     lora: Path | None
     rank: int
+    dtype: str
+    origin: dict
     concept_type: str
     expand_templates: bool
     guide: str
@@ -60,6 +67,9 @@ def prepare(args) -> EraseJob:
         raise UsageError(f"--rank must be 0 (exact) or positive, got {args.rank}")
     if args.rank and lora is None:
         raise UsageError("--rank applies to --lora only")
+    dtype = getattr(args, "dtype", "same")
+    if dtype != "same" and out is None:
+        raise UsageError("--dtype applies to --out only (a LoRA holds the edit in float32, or float16 at rank > 0)")
     try:
         concepts = read_concepts(args.concepts, args.column)
         base = preset_config(args.preset, args.strength, args.seed)
@@ -69,9 +79,12 @@ def prepare(args) -> EraseJob:
         plan_prompts(concepts, args.concept_type, args.expand_templates, "", args.guide, args.preserve or "", "")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    origin = {"source": "command line", "preset": args.preset, "strength": float(args.strength)}
+    if args.settings is not None:
+        origin["settings_file"] = str(Path(args.settings).name)
     return EraseJob(checkpoint=checkpoint.resolve(), concepts=concepts, settings=settings, out=out, lora=lora,
-                    rank=args.rank, concept_type=args.concept_type, expand_templates=args.expand_templates,
-                    guide=args.guide, preserve=args.preserve or "")
+                    rank=args.rank, dtype=dtype, origin=origin, concept_type=args.concept_type,
+                    expand_templates=args.expand_templates, guide=args.guide, preserve=args.preserve or "")
 
 
 def _read_json(path: str) -> dict:
@@ -85,6 +98,51 @@ def _read_json(path: str) -> dict:
     if not isinstance(values, dict):
         raise UsageError(f"--settings {path!r} must hold a JSON object of config field names and values")
     return values
+
+
+#: ``--dtype`` names and the safetensors dtype names a checkpoint's header uses.
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_HEADER_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+def _header(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        return json.loads(fh.read(size))
+
+
+def _part(key: str) -> str:
+    """The part of a checkpoint a key belongs to (``model``, ``first_stage_model``, ``cond_stage_model``...)."""
+    return key.split(".", 1)[0]
+
+
+def saved_dtypes(source: str | Path, dtype: str = "same") -> Callable[[str, torch.Tensor], torch.dtype]:
+    """``(key, tensor) -> dtype`` to save each floating tensor of an edited checkpoint in: ``fp16``,
+    ``bf16`` or ``fp32`` for all, or ``same``: the dtype the key has in ``source`` (the checkpoint that was
+    loaded), or for a key it does not hold the dtype most floating tensors of the same part have there.
+    ComfyUI computes on the CPU in float32, so without this a float16 checkpoint is saved at twice its size.
+    Tensors stored in other dtypes (integers, float8) are saved as ComfyUI gives them."""
+    if dtype != "same":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'same' or one of {sorted(DTYPES)}, got {dtype!r}")
+        chosen = DTYPES[dtype]
+        return lambda key, tensor: chosen if tensor.is_floating_point() and tensor.element_size() >= 2 else tensor.dtype
+    header = _header(Path(source))
+    known = {k: _HEADER_DTYPES[v["dtype"]] for k, v in header.items()
+             if k != "__metadata__" and v.get("dtype") in _HEADER_DTYPES}
+    by_part: dict[str, Counter] = {}
+    for key, value in known.items():
+        by_part.setdefault(_part(key), Counter())[value] += 1
+    overall = Counter(known.values())
+
+    def pick(key: str, tensor: torch.Tensor) -> torch.dtype:
+        if not tensor.is_floating_point() or tensor.element_size() < 2:
+            return tensor.dtype
+        if key in known:
+            return known[key]
+        counts = by_part.get(_part(key)) or overall
+        return counts.most_common(1)[0][0] if counts else tensor.dtype
+
+    return pick
 
 
 def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = None) -> list[str]:
@@ -103,15 +161,18 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
         for warning in plan.warnings:
             log.warning("%s", warning)
         concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"))
-        edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"))
+        edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"),
+                                   origin=job.origin)
         lines = []
         if job.lora is not None:
             matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"))
             mode = "exact" if job.rank == 0 else f"rank {job.rank}, relative error {error:.3g}"
             lines.append(f"wrote LoRA {job.lora} ({matrices} matrices, {mode}) and {report_path(job.lora).name}")
         if job.out is not None:
-            write_checkpoint(job.out, edited, clip, vae, (record,))
-            lines.append(f"wrote checkpoint {job.out} and {report_path(job.out).name}")
+            write_checkpoint(job.out, edited, clip, vae, (record,), saved_dtypes(job.checkpoint, job.dtype))
+            size = job.out.stat().st_size / 2**30
+            lines.append(f"wrote checkpoint {job.out} ({size:.1f} GiB, dtype {job.dtype}) and "
+                         f"{report_path(job.out).name}")
     finally:
         bars.close()  # before any message: a bar left open would be redrawn after it at exit
     summary = record.report.summary()

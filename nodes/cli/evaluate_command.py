@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...scapre_core.prompts import normalize, split_items
+from ..glue.payloads import read_provenance
 from .inputs import InputError, PromptRow, read_prompts
 from .runner import Job, PromptRejected, Runner, Server, ServerDown
 
@@ -77,12 +78,21 @@ def _edit_info(value: str) -> tuple[str, str | None, tuple[str, ...]]:
         raise UsageError(f"--edit {value!r} is not a safetensors file: {err}") from None
     keys = [k for k in header if k != "__metadata__"]
     lora = any(k.startswith(("lora_", "lycoris_")) or k.endswith((".diff", ".lora_up.weight")) for k in keys)
-    metadata = header.get("__metadata__") or {}
-    try:
-        erased = tuple(json.loads(metadata.get("scapre.concepts", "[]")))
-    except ValueError:
-        erased = ()
+    found = read_provenance(header.get("__metadata__")) or _report_next_to(path)
+    erased = tuple(str(c) for c in (found or {}).get("concepts", []))
     return path.name, "lora" if lora else "checkpoint", erased
+
+
+def _report_next_to(path: Path) -> dict[str, Any] | None:
+    """The concepts of the ``.scapre.json`` report saved next to ``path``, for a file without the pack's
+    metadata entry (ComfyUI's ``--disable-metadata`` drops it from checkpoints)."""
+    report = path.with_name(path.name.removesuffix(".safetensors") + ".scapre.json")
+    try:
+        bundle = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    edits = bundle.get("edits", []) if isinstance(bundle, dict) else []
+    return {"concepts": [c for e in edits if isinstance(e, dict) for c in e.get("concepts", [])]}
 
 
 def prepare(args) -> EvalPlan:

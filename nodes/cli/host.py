@@ -43,14 +43,37 @@ def find_comfyui(given: str | None) -> Path:
     return path
 
 
+def accelerator_available() -> bool:
+    """Whether torch sees a device ComfyUI would run on instead of the CPU (CUDA/ROCm, Apple MPS, Intel
+    XPU, or the Ascend/Cambricon plug-ins). Without one, ComfyUI must be told to use the CPU (as
+    ``main.py --cpu``), or its device lookup stops with "Torch not compiled with CUDA enabled"."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    return any(importlib.util.find_spec(name) is not None for name in ("torch_npu", "torch_mlu"))
+
+
 def import_comfyui(path: Path, cpu: bool = False) -> None:
-    """Put ComfyUI on ``sys.path`` and import what loading, encoding and saving need."""
+    """Put ComfyUI on ``sys.path`` and import what loading, encoding and saving need; on the CPU when
+    ``cpu`` is set or when no accelerator is available (said in one line)."""
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     try:
         import comfy.options
         from comfy import cli_args
 
+        if not cpu and getattr(cli_args.args, "directml", None) is None and not accelerator_available():
+            log.warning("no GPU found: running on the CPU (slower, same results)")
+            cpu = True
         if cpu:
             cli_args.args.cpu = True
         import comfy.model_management

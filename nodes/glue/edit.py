@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import comfy.model_management
 import torch
@@ -60,25 +61,29 @@ def make_room(device: torch.device, memory_required: int) -> None:
 
 def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str = "keys and values",
               informax: InformaxPayload | None = None, step: Callable[[int, int], None] | None = None,
-              warnings: tuple[str, ...] = ()):
+              warnings: tuple[str, ...] = (), origin: Mapping[str, Any] | None = None):
     """``(edited_model, record)``: ``model`` erased of ``concepts`` with ``config``; ``model`` is untouched.
 
-    ``informax`` (optional) supplies precomputed row weights; its settings then win over ``config``'s
-    Informax fields (noted in the report's warnings). ``step(done, total)`` runs after each matrix and
-    may raise to cancel."""
+    ``informax`` (optional) supplies precomputed row weights; its settings (seed and precision included)
+    then win over ``config``'s Informax fields. ``origin`` says where ``config`` came from (e.g.
+    ``{"source": "preset", "preset": "artists", "strength": 1.0}``). What was used, and every setting the
+    Informax node replaced, is recorded as ``report.info["used"]`` (shown on the node, saved with the
+    edit). ``step(done, total)`` runs after each matrix and may raise to cancel."""
     concepts = check_concepts(concepts)
     warnings = [*concepts.plan.warnings, *warnings]
-    given = None
+    given, replaced = None, {}
     if informax is not None:
         if not isinstance(informax, InformaxPayload):
             raise ValueError("informax must come from a ScaPre Informax node")
-        changed = {k: v for k, v in informax.config.informax_key().items() if getattr(config, k) != v}
-        if changed:
-            note = "using the Informax node's settings: " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
-            log.warning("ScaPre Erase: %s", note)
-            warnings.append(note)
-            config = config.replace(**changed)
+        replaced = {k: v for k, v in informax.config.informax_key().items() if getattr(config, k) != v}
+        if replaced:
+            log.info("ScaPre Erase: using ScaPre Informax's settings: %s",
+                     ", ".join(f"{k}={v!r}" for k, v in replaced.items()))
+            config = config.replace(**replaced)
         given = informax.result
+    used = {**dict(origin or {}), "seed": config.seed, "precision": config.precision, "edit": edit,
+            "informax": "from ScaPre Informax" if given is not None else "computed here",
+            "replaced_by_informax": replaced}
     keys = kv_keys(model, concepts.width, edit)
     weights = EffectiveWeights(model, keys)
     device = compute_device(model)
@@ -97,7 +102,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     report = builder.build(config=config.to_dict(), seconds=seconds, warnings=tuple(warnings),
                            concept_of=concepts.concept_of(),
                            info={**concepts.describe(), "edit": edit, "version": __version__,
-                                 "informax": "precomputed" if given is not None else "computed"})
+                                 "informax": "precomputed" if given is not None else "computed", "used": used})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),
                         edit=edit, version=__version__)
     edited_model = patched_clone(model, diffs, record)

@@ -9,8 +9,9 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import comfy.sd
+import comfy.model_management
 import comfy.utils
+import torch
 
 from ...scapre_core import __version__
 from ...scapre_core.lora import pooled_error
@@ -49,8 +50,7 @@ def write_lora(path: str | os.PathLike, records: tuple[EditRecord, ...], rank: i
     diffs = total_diffs(records)
     tensors, errors = lora_state_dict(diffs, rank, progress=step)
     error = pooled_error(diffs, errors)
-    metadata = provenance_metadata(records, __version__)
-    metadata.update({"scapre.rank": str(rank), "scapre.rel_error": f"{error:.6g}"})
+    metadata = provenance_metadata(records, __version__, lora={"rank": rank, "rel_error": float(f"{error:.6g}")})
     path = Path(path)
     with atomic_paths(path, report_path(path)) as (tmp, tmp_report):
         comfy.utils.save_torch_file(tensors, str(tmp), metadata=metadata)
@@ -58,13 +58,26 @@ def write_lora(path: str | os.PathLike, records: tuple[EditRecord, ...], rank: i
     return len(diffs), error
 
 
-def write_checkpoint(path: str | os.PathLike, model, clip, vae, records: tuple[EditRecord, ...]) -> None:
-    """Write MODEL (patches baked in) + CLIP + VAE as one checkpoint with ComfyUI's saver, with the
-    provenance metadata and the report next to it."""
+#: ``(key, tensor) -> dtype`` a saved tensor is written in (``nodes/cli/erase_command.py: saved_dtypes``).
+DtypeOf = Callable[[str, torch.Tensor], torch.dtype]
+
+
+def write_checkpoint(path: str | os.PathLike, model, clip, vae, records: tuple[EditRecord, ...],
+                     dtype_of: DtypeOf | None = None) -> None:
+    """Write MODEL (patches baked in) + CLIP + VAE as one checkpoint, as ComfyUI's ``comfy.sd.save_checkpoint``
+    lays it out (``state_dict_for_saving``, ``save_torch_file``), each floating tensor in ``dtype_of(key,
+    tensor)`` (default: as ComfyUI holds it), with the provenance metadata and the report next to it."""
     path = Path(path)
     metadata = provenance_metadata(records, __version__)
+    comfy.model_management.load_models_gpu([model, *([clip.load_model()] if clip is not None else [])],
+                                           force_patch_weights=True)
+    state = model.model.state_dict_for_saving(None if clip is None else clip.get_sd(),
+                                              None if vae is None else vae.get_sd(), None)
+    for key, tensor in state.items():
+        target = tensor.dtype if dtype_of is None else dtype_of(key, tensor)
+        state[key] = tensor.to(dtype=target).contiguous()
     with atomic_paths(path, report_path(path)) as (tmp, tmp_report):
-        comfy.sd.save_checkpoint(str(tmp), model, clip=clip, vae=vae, metadata=metadata)
+        comfy.utils.save_torch_file(state, str(tmp), metadata=metadata)
         write_report(tmp_report, records, path.name)
 
 

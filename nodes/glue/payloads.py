@@ -78,7 +78,7 @@ class EditRecord(_Shared):
 
     def provenance(self) -> dict[str, Any]:
         return {**self.concepts, "config": dict(self.config), "edit": self.edit, "matrices": len(self.diffs),
-                "summary": self.report.summary()}
+                "summary": self.report.summary(), "used": dict(self.report.info.get("used", {}))}
 
 
 def total_diffs(records: tuple[EditRecord, ...]) -> dict[str, torch.Tensor]:
@@ -90,17 +90,63 @@ def total_diffs(records: tuple[EditRecord, ...]) -> dict[str, torch.Tensor]:
     return total
 
 
-def provenance_metadata(records: tuple[EditRecord, ...], version: str) -> dict[str, str]:
-    """Safetensors metadata (string values) recording concepts, guides, config and pack version."""
+#: The one safetensors metadata entry the pack writes (README "What a saved file records").
+METADATA_KEY = "scapre"
+METADATA_FORMAT = "scapre-metadata/1"
+
+
+def provenance(records: tuple[EditRecord, ...], version: str, **extra: Any) -> dict[str, Any]:
+    """What a saved file records: ``format``, ``pack``, ``version``, every erased ``concepts`` and
+    ``guides``, one entry per edit in ``edits``, and ``extra`` (e.g. ``lora={"rank": 0, ...}``)."""
     edits = [r.provenance() for r in records]
-    concepts = [c for e in edits for c in e.get("concepts", [])]
-    return {
-        "scapre.pack": PACK_NAME,
-        "scapre.version": version,
-        "scapre.concepts": json.dumps(concepts),
-        "scapre.guides": json.dumps(sorted({g for e in edits for g in e.get("guides", [])})),
-        "scapre.edits": json.dumps(edits, default=str),
-    }
+    return _plain({
+        "format": METADATA_FORMAT, "pack": PACK_NAME, "version": version,
+        "concepts": [c for e in edits for c in e.get("concepts", [])],
+        "guides": sorted({g for e in edits for g in e.get("guides", [])}),
+        "edits": edits, **extra,
+    })
+
+
+def provenance_metadata(records: tuple[EditRecord, ...], version: str, **extra: Any) -> dict[str, str]:
+    """Safetensors metadata (string values): the single ``scapre`` entry, a JSON object."""
+    return {METADATA_KEY: json.dumps(provenance(records, version, **extra))}
+
+
+def read_provenance(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """What a file saved by the pack records, from its safetensors metadata, or None when it records
+    nothing. Reads this version's ``scapre`` entry and the two layouts of 0.2.0: a ``scapre`` object
+    without ``format`` (ScaPre Save Checkpoint) and ``scapre.*`` keys (ScaPre Save LoRA, the command line).
+    The result always has ``concepts`` (a list) and ``version``."""
+    metadata = metadata or {}
+    if METADATA_KEY in metadata:
+        try:
+            found = json.loads(metadata[METADATA_KEY])
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(found, dict):
+            return None
+        if "concepts" not in found:  # 0.2.0's ScaPre Save Checkpoint: the concepts are in each edit
+            found["concepts"] = [c for e in found.get("edits", []) if isinstance(e, dict)
+                                 for c in e.get("concepts", [])]
+        found.setdefault("version", "unknown")
+        return found
+    if "scapre.pack" not in metadata and "scapre.concepts" not in metadata:
+        return None
+    found: dict[str, Any] = {"format": "scapre.* keys (0.2.0)", "pack": metadata.get("scapre.pack", PACK_NAME),
+                             "version": metadata.get("scapre.version", "unknown")}
+    for key in ("concepts", "guides", "edits"):
+        try:
+            found[key] = json.loads(metadata.get(f"scapre.{key}", "[]"))
+        except ValueError:
+            found[key] = []
+    if "scapre.rank" in metadata:
+        found["lora"] = {"rank": metadata["scapre.rank"], "rel_error": metadata.get("scapre.rel_error")}
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data (tuples as lists, anything else as its string)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def report_bundle(records: tuple[EditRecord, ...], version: str, saved_as: str) -> str:

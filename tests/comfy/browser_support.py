@@ -262,15 +262,15 @@ class ComfyPage:
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 _FIXED_SEED = {"control_after_generate": "fixed"}
 
-#: Columns of ``(key, node type, widget values, minimum size, title)``, left to right, stacked top down.
+#: Columns of ``(key, node type, widget values, minimum size, title)``, left to right, stacked top down. The
+#: quick start has no ScaPre Informax: ScaPre Erase computes the weights itself, so its seed is the one used.
 #: ``{ckpt}``, ``{size}`` and ``{arch}`` are filled in per example.
 EXAMPLE_COLUMNS = [
     [("ckpt", "CheckpointLoaderSimple", {"ckpt_name": "{ckpt}"}, (300, 0), None)],
     [("enc", "ScaPreConceptEncode", {"concepts": "Van Gogh", "concept_type": "style", "expand_templates": False,
                                      "templates": "", "guide": "art", "preserve": "",
                                      "probes": "Claude Monet, Picasso"}, (420, 700), None)],
-    [("imx", "ScaPreInformax", {"p": 8.0, "entropy_samples": 30, **_FIXED_SEED}, (300, 0), None),
-     ("erase", "ScaPreEraseSimple", {"preset": "artists", "strength": 1.0, "seed": 0, **_FIXED_SEED}, (300, 0),
+    [("erase", "ScaPreEraseSimple", {"preset": "artists", "strength": 1.0, "seed": 0, **_FIXED_SEED}, (300, 0),
       None)],
     [("pos", "CLIPTextEncode", {"text": "a painting of a starry night by Van Gogh"}, (400, 150), "Positive prompt"),
      ("neg", "CLIPTextEncode", {"text": ""}, (400, 120), "Negative prompt"),
@@ -286,8 +286,7 @@ EXAMPLE_COLUMNS = [
 ]
 #: ``(from, output name or index, to, input name)``
 EXAMPLE_LINKS = [
-    ("ckpt", "MODEL", "imx", "model"), ("ckpt", "MODEL", "erase", "model"), ("ckpt", "CLIP", "enc", "clip"),
-    ("enc", 0, "imx", "concepts"), ("enc", 0, "erase", "concepts"), ("imx", 0, "erase", "informax"),
+    ("ckpt", "MODEL", "erase", "model"), ("ckpt", "CLIP", "enc", "clip"), ("enc", 0, "erase", "concepts"),
     ("ckpt", "CLIP", "pos", "clip"), ("ckpt", "CLIP", "neg", "clip"), ("erase", 0, "ks", "model"),
     ("pos", 0, "ks", "positive"), ("neg", 0, "ks", "negative"), ("lat", 0, "ks", "latent_image"),
     ("ks", 0, "dec", "samples"), ("ckpt", "VAE", "dec", "vae"), ("dec", 0, "save", "images"),

@@ -37,8 +37,29 @@ _SKIP_REASON = comfy_support.comfyui_path_problem()
 _SERVERS: list[comfy_support.ComfyServer] = []
 
 
+#: Fixtures that load the SDXL-family checkpoint (about 6.6 GB of RAM in float32 on the CPU).
+SDXL_FIXTURES = ("vega_loaded", "vega_ckpt_path")
+#: Fixtures that start several ComfyUI servers of their own, each loading the SD1.5 checkpoint (``evaluate``).
+SERVER_FIXTURES = ("eval_world",)
+
+
+def uses_sdxl(item: pytest.Item) -> bool:
+    """Whether a test loads the SDXL-family checkpoint: it names a Vega fixture, or is parametrized with
+    ``arch="vega"`` (its fixture is then requested inside the test)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(f in getattr(item, "fixturenames", ()) for f in SDXL_FIXTURES) or params.get("arch") == "vega"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip every test in this folder at collection when COMFYUI_PATH is unset or not a ComfyUI checkout."""
+    """Mark the tests that load the SDXL-family checkpoint ``sdxl`` and those that start servers of their own
+    ``servers`` (``tests/run_all.sh`` runs each group in a pytest process of its own, so that the in-process
+    SD1.5 model, the SDXL-family model and the evaluate servers' models are never in memory together), and skip
+    every test in this folder at collection when COMFYUI_PATH is unset or not a ComfyUI checkout."""
+    for item in items:
+        if _in_this_folder(item) and uses_sdxl(item):
+            item.add_marker(pytest.mark.sdxl)
+        if _in_this_folder(item) and any(f in getattr(item, "fixturenames", ()) for f in SERVER_FIXTURES):
+            item.add_marker(pytest.mark.servers)
     if _SKIP_REASON is None:
         return
     marker = pytest.mark.skip(reason=_SKIP_REASON)

@@ -48,6 +48,12 @@ def _cli(comfy_path: Path, python: str, *args: str, timeout: float = 1500) -> su
     return result
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child: SIGINT raises KeyboardInterrupt, as at a terminal. A test suite started in the background
+    by a shell (``cmd &``) inherits SIGINT ignored, and a Ctrl-C test would then see the command run on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _core(c):
     import sys
 
@@ -124,10 +130,11 @@ def test_erase_checkpoint_from_a_csv_with_settings_equals_the_node_edit(scapre_n
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"p": 6.0, "ased": True, "edit": "values only"}))
     out = tmp_path / "edited.safetensors"
+    # no --cpu: on this machine without a GPU the command picks the CPU itself and says so
     result = _cli(comfy_path, comfy_python, "erase", str(sd15_ckpt_path), "--concepts", str(csv_path),
-                  "--out", str(out), "--preset", "many-objects", "--settings", str(settings), "--seed", "4", "-q",
-                  "--cpu")
+                  "--out", str(out), "--preset", "many-objects", "--settings", str(settings), "--seed", "4", "-q")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "no GPU found: running on the CPU" in result.stderr
     assert "erase:" not in result.stderr and "%|" not in result.stderr  # -q: no progress bars
     assert "ScaPre Erase:" not in result.stderr  # nor our info lines (ComfyUI's own warnings may remain)
     model, clip, _ = sd15_loaded
@@ -135,14 +142,25 @@ def test_erase_checkpoint_from_a_csv_with_settings_equals_the_node_edit(scapre_n
     _, diffs = _node_edit(scapre_nodes, model, clip, settings={"edit": "values only", **values})
     assert len(diffs) == 16 and all(k.endswith("to_v.weight") for k in diffs)
     entries = model.get_key_patches("diffusion_model.")
+    with safe_open(str(sd15_ckpt_path), "pt") as src:
+        source_dtypes = {k: src.get_slice(k).get_dtype() for k in src.keys()}
     with safe_open(str(out), "pt") as fh:
-        assert json.loads(fh.metadata()["scapre.concepts"]) == ["cat", "golden retriever"]
+        recorded = json.loads(fh.metadata()["scapre"])
+        assert recorded["format"] == "scapre-metadata/1" and recorded["concepts"] == ["cat", "golden retriever"]
+        assert recorded["edits"][0]["used"]["source"] == "command line"
+        saved_dtypes = {k: fh.get_slice(k).get_dtype() for k in fh.keys()}
         for key, diff in diffs.items():
             original = entries[key][0][0].float()
-            assert torch.equal(fh.get_tensor("model." + key).float(), original + diff), key
+            saved = fh.get_tensor("model." + key)
+            assert saved.dtype == torch.float16, key  # the checkpoint's own dtype, not ComfyUI's CPU float32
+            assert torch.equal(saved, (original + diff).half()), key
         for key in [k.replace("to_v", "to_k") for k in list(diffs)[:2]] + [next(iter(diffs)).replace("to_v", "to_q")]:
             assert torch.equal(fh.get_tensor("model." + key).float(), entries[key][0][0].float()), key
-    out.unlink()  # about 4 GiB of fp32 weights
+    shared = set(source_dtypes) & set(saved_dtypes)
+    assert len(shared) > 0.9 * len(source_dtypes)
+    assert [k for k in shared if source_dtypes[k] != saved_dtypes[k]] == []
+    assert out.stat().st_size < 1.1 * sd15_ckpt_path.stat().st_size  # 2.0 GiB in, not 4 GiB of float32 out
+    out.unlink()
 
 
 def test_erase_lora_on_the_sdxl_family(request, scapre_nodes, vega_ckpt_path, comfy_path, comfy_python, tmp_path):
@@ -166,7 +184,7 @@ def test_ctrl_c_leaves_no_file(sd15_ckpt_path, comfy_path, comfy_python, tmp_pat
     proc = subprocess.Popen([comfy_python, "-m", MODULE, "erase", str(sd15_ckpt_path), "--concepts", str(concepts),
                              "--out", str(out_dir / "c.safetensors"), "--lora", str(out_dir / "l.safetensors"),
                              "--cpu"], cwd=CUSTOM_NODES, env=_env(comfy_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_at_a_terminal)
     seen = bytearray()
     started = threading.Event()
 
@@ -329,7 +347,8 @@ def test_evaluate_stops_and_resumes_without_redoing(eval_world, comfy_path, comf
     out = eval_world["root"] / "resume"
     args = _evaluate_args(eval_world, out, eval_world["servers"][:1])
     proc = subprocess.Popen([comfy_python, "-m", MODULE, *args], cwd=CUSTOM_NODES, env=_env(comfy_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_at_a_terminal)
     while _finished(out) < 2:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)

@@ -217,7 +217,10 @@ def test_info_box_survives_reruns(comfy_page):
     summary = {"concepts": 2, "prompts": 3, "matrices": 32, "seconds": 1.234, "mean_efficacy": 0.9,
                "worst_efficacy": {"text": "art by Cat", "value": 0.81234},
                "worst_drift": {"text": "dog", "group": "probe", "value": 0.05},
-               "mean_change": 0.01, "warnings": ["ignored 1 duplicate concept(s): cat"]}
+               "mean_change": 0.01, "warnings": ["ignored 1 duplicate concept(s): cat"],
+               "used": {"source": "preset", "preset": "artists", "strength": 1.5, "seed": 7, "precision": "float32",
+                        "edit": "keys and values", "informax": "from ScaPre Informax",
+                        "replaced_by_informax": {"p": 8.0, "seed": 0}}}
     for run in range(3):
         summary["matrices"] = 32 + run
         comfy_page.js("""([summary, run]) => {
@@ -228,6 +231,8 @@ def test_info_box_survives_reruns(comfy_page):
     text = _info(comfy_page, "ScaPreErase")
     assert text.splitlines() == [
         "erased 2 concepts (3 prompts) · 34 matrices · 1.2 s",
+        "used: preset artists × 1.50 · seed 7 · float32 · Informax from ScaPre Informax",
+        "ScaPre Informax replaced: p 8, seed 0",
         "mean efficacy 0.900",
         'worst efficacy 0.812 · "art by Cat"',
         'worst drift 0.050 · "dog" (probe)',
@@ -321,6 +326,8 @@ def test_example_runs_and_shows_results(comfy_page, comfy_server, sd15_ckpt_path
 
     erase = _wait_info(comfy_page, "ScaPreEraseSimple")
     assert erase.startswith("erased 1 concept (1 prompt) · 32 matrices · "), erase
+    # the quick start shows what it used; its seed widget is the seed (no ScaPre Informax connected)
+    assert erase.splitlines()[1] == "used: preset artists × 1.00 · seed 0 · float32 · Informax computed here", erase
     assert 'worst efficacy ' in erase and '"Van Gogh"' in erase
     assert "worst drift " in erase and "(probe)" in erase
     _wait_info(comfy_page, "ScaPreReport")

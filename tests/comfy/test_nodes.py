@@ -200,7 +200,8 @@ def test_informax_settings_win_and_are_reported(scapre_nodes, sd15_loaded, sd15_
                     edit="values only")
     report = result[1]
     assert report.config["p"] == 2.0
-    assert any("p=2.0" in w for w in report.warnings)
+    assert report.info["used"]["replaced_by_informax"] == {"p": 2.0}  # shown on the node, not a silent override
+    assert result.ui["scapre_summary"][0]["used"]["informax"] == "from ScaPre Informax"
     assert all(k.endswith("to_v.weight") for k in result[0].patches) and len(result[0].patches) == 16
 
 
@@ -263,19 +264,22 @@ def test_save_lora_exact_and_low_rank(scapre_nodes, sd15_loaded, sd15_edit):
     out_dir = Path(c.folder_paths.get_output_directory())
     exact = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="scapre_exact", rank=0)
     low = c.run_node("ScaPreSaveLoRA", model=edited, filename_prefix="loras/scapre_low", rank=8)
+    saved_rank = {exact[0]: 0, low[0]: 8}
     for saved in (exact, low):
         path = out_dir / saved[0]
         header = comfy_support.safetensors_header(path)
-        meta = header["__metadata__"]
-        assert json.loads(meta["scapre.concepts"]) == ["cat", "golden retriever"]
-        assert "lam" in meta["scapre.edits"] and meta["scapre.version"]
+        recorded = json.loads(header["__metadata__"]["scapre"])
+        assert recorded["format"] == "scapre-metadata/1" and recorded["version"] == _core(c).__version__
+        assert recorded["concepts"] == ["cat", "golden retriever"] and "lam" in recorded["edits"][0]["config"]
+        assert recorded["lora"]["rank"] == saved_rank[saved[0]]
         assert path.with_name(path.name.replace(".safetensors", ".scapre.json")).is_file()
         c.folder_paths.add_model_folder_path("loras", str(path.parent))
     exact_model = c.run_node("LoraLoader", model=model, clip=clip, lora_name=Path(exact[0]).name,
                              strength_model=1.0, strength_clip=1.0)[0]
     got = _live_weights(exact_model, keys)
     assert max(_rel(got[k], target[k]) for k in keys) < 1e-5
-    error = float(comfy_support.safetensors_header(out_dir / low[0])["__metadata__"]["scapre.rel_error"])
+    recorded = json.loads(comfy_support.safetensors_header(out_dir / low[0])["__metadata__"]["scapre"])
+    error = recorded["lora"]["rel_error"]
     assert 0 < error < 1
     low_model = c.run_node("LoraLoader", model=model, clip=clip, lora_name=Path(low[0]).name,
                            strength_model=1.0, strength_clip=1.0)[0]
@@ -305,8 +309,9 @@ def test_saved_checkpoint_holds_the_edited_weights(scapre_nodes, sd15_loaded, sd
             assert _rel(saved, target[k]) < 1e-3  # the file keeps the model's storage dtype
         meta = fh.metadata() or {}
     if saver == "ScaPreSaveCheckpoint":
-        provenance = json.loads(meta["scapre"])
-        assert provenance["edits"][0]["concepts"] == ["cat", "golden retriever"]
+        provenance = json.loads(meta["scapre"])  # the same entry as a LoRA's (README "What a saved file records")
+        assert provenance["format"] == "scapre-metadata/1" and provenance["concepts"] == ["cat", "golden retriever"]
+        assert provenance["edits"][0]["used"]["informax"] == "from ScaPre Informax"
         assert path.with_name(path.name.replace(".safetensors", ".scapre.json")).is_file()
     del safetensors
 
@@ -384,8 +389,10 @@ def test_settings_node_replaces_preset_strength_and_seed(scapre_nodes, sd15_load
     legacy = _erase(c, model, sd15_edit["concepts"], informax=sd15_edit["informax"], edit="values only", **values)
     assert _same_edit(simple[0], legacy[0])
     assert all(k.endswith("to_v.weight") for k in _diffs(simple[0]))
-    assert simple[1].warnings == legacy[1].warnings and any("Informax node's settings" in w
-                                                            for w in simple[1].warnings)
+    used = simple.ui["scapre_summary"][0]["used"]  # shown on the node: where each setting came from
+    assert used["source"] == "ScaPre Settings" and used["informax"] == "from ScaPre Informax"
+    assert used["replaced_by_informax"] == {"p": 2.0, "seed": 0} and used["seed"] == 0
+    assert simple[1].info["used"] == used
     with pytest.raises(ValueError, match="ScaPre Settings"):
         _erase_simple(c, model, sd15_edit["concepts"], settings={"p": 2.0})
     with pytest.raises(ValueError, match="erase_scale"):

@@ -1,0 +1,87 @@
+"""Run a command and report the peak memory of its whole process tree (standard library only, Linux).
+
+    python3 tests/peak_memory.py [--log FILE] [--peak-file FILE] -- COMMAND [ARG ...]
+
+Every 0.5 s it adds up the resident memory (RSS) of the command and all its descendants (pytest, the ComfyUI
+servers and command-line runs it starts, the browser) from ``/proc``, and prints the peak of that sum on one
+line at the end: ``peak memory of the process tree: 7.9 GiB (at 312 s)``. With ``--log`` it also writes
+``seconds,GiB`` samples. The command's exit code is passed on. ``/usr/bin/time -v`` reports only the largest
+single process, which misses servers and subprocesses running beside the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def tree_rss(root: int) -> int:
+    """Bytes resident in ``root`` and every descendant now."""
+    tree, total, todo = _children(), 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+        todo.extend(tree.get(pid, []))
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log", help="write 'seconds,GiB' samples here")
+    parser.add_argument("--peak-file", help="write the peak (GiB, one number) here")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    start = time.monotonic()
+    proc = subprocess.Popen(command)
+    peak, peak_at, samples, done = 0, 0.0, [], threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, peak_at
+        while not done.wait(0.5):
+            now, rss = time.monotonic() - start, tree_rss(proc.pid)
+            samples.append((now, rss))
+            if rss > peak:
+                peak, peak_at = rss, now
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = proc.wait()
+    done.set()
+    sampler.join()
+    if args.peak_file:
+        Path(args.peak_file).write_text(f"{peak / 2**30:.1f}\n", encoding="utf-8")
+    if args.log:
+        Path(args.log).write_text("".join(f"{t:.1f},{r / 2**30:.3f}\n" for t, r in samples), encoding="utf-8")
+    print(f"peak memory of the process tree: {peak / 2**30:.1f} GiB (at {peak_at:.0f} s of "
+          f"{time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
