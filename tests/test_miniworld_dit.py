@@ -8,6 +8,7 @@ projection alone.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
 from comfyui_scapre.scapre_core import ScaPreConfig
-from miniworld.dit import PAD, T5_CONTEXT, t5_tokenize
+from miniworld.dit import PAD, T5_CONTEXT, rope, rope_tables, t5_tokenize
 from miniworld.evaluate import Ask, concept_set, draw, edited_unet
 from miniworld.model import ModelConfig, build_denoiser, build_text_encoder, cross_attention_weights
 from miniworld.train import TrainConfig, World, train_world
@@ -60,10 +61,12 @@ def test_t5_encoders_read_both_ways_and_handle_padding_as_documented():
 
 @torch.no_grad()
 @pytest.mark.parametrize("denoiser", ["dit-cross", "mmdit"])
-def test_text_reaches_a_transformer_only_through_the_edited_weights(denoiser):
-    """With the edited weights zeroed, what the transformer predicts no longer depends on the text."""
+@pytest.mark.parametrize("stem,mix", [(False, False), (True, True)])
+def test_text_reaches_a_transformer_only_through_the_edited_weights(denoiser, stem, mix):
+    """With the edited weights zeroed, what the transformer predicts no longer depends on the text (also with the
+    convolution stem and Mix-FFN of the registered worlds: they see picture tokens only)."""
     torch.manual_seed(0)
-    model = build_denoiser(small("t5", denoiser)).eval()
+    model = build_denoiser(replace(small("t5", denoiser), dit_stem=stem, dit_mix_ffn=mix, dit_qk_init=2.0)).eval()
     for layer in model.modules():  # the zero-initialised head would hide every dependence
         if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
             torch.nn.init.normal_(layer.weight, std=0.2)
@@ -147,3 +150,21 @@ def test_erasing_a_colour_through_the_text_input_projection():
             assert after[c] >= before[c] - 0.25, (c, before, after)
     finally:
         torch.set_num_threads(saved)
+
+
+def test_rotary_positions_turn_pairs_and_attend_by_offset():
+    """Axial 2-D rotary positions keep every vector's norm, and a query and key on the same row attend by their
+    column offset alone (the same logit at columns (0, 1) as at (2, 3)); head widths not divisible by 4 are refused."""
+    torch.manual_seed(0)
+    cos, sin = rope_tables(4, 8)
+    assert cos.shape == sin.shape == (16, 4)
+    x = torch.randn(1, 1, 16, 8)
+    turned = rope(x, cos, sin)
+    assert torch.allclose(turned.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    q, k = torch.randn(8), torch.randn(8)
+    same = torch.stack([q, k, q, k])[None, None]  # tokens 0..3: row 0, columns 0..3
+    r = rope(same, cos[:4], sin[:4])[0, 0]
+    assert torch.allclose(r[0] @ r[1], r[2] @ r[3], atol=1e-5)
+    assert not torch.allclose(r[0] @ r[1], r[0] @ r[3], atol=1e-3)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        rope_tables(4, 6)

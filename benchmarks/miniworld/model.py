@@ -32,7 +32,8 @@ TEXT_ENCODER_KINDS = ("causal", "causal-blind-end", "t5", "t5-masked")
 #: ``dit.py``); a kind maps to its class in :func:`build_denoiser`.
 DENOISER_KINDS = ("unet", "dit-cross", "mmdit")
 #: Fields added after the first world: left out of the cache key where they have their defaults.
-_LATER_FIELDS = ("text_encoder", "denoiser", "dit_width", "dit_depth", "dit_heads", "patch")
+_LATER_FIELDS = ("text_encoder", "denoiser", "dit_width", "dit_depth", "dit_heads", "patch", "dit_stem", "dit_mix_ffn",
+                 "dit_qk_init")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class ModelConfig:
     dit_depth: int = 4  # its blocks
     dit_heads: int = 4
     patch: int = 2  # its patch side: (size / patch)^2 picture tokens
+    dit_stem: bool = False  # a convolution block at full resolution before and after the patches (``dit.py``)
+    dit_mix_ffn: bool = False  # picture tokens' feed-forward with a 3x3 depthwise convolution (SANA's Mix-FFN)
+    dit_qk_init: float = 1.0  # where the RMS norms on queries and keys start
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODER_KINDS:

@@ -50,10 +50,15 @@ class WorldSpec:
 #: The recipe every world shares unless its spec says otherwise (2000 steps of batch 32).
 BASE = TrainConfig()
 
-#: The diffusion-transformer worlds (``dit.py``): the T5-like encoders at width 64, the transformers at width 96.
+#: The diffusion-transformer worlds (``dit.py``): the T5-like encoders at width 64; the settings of the best CPU
+#: pilots (``docs/dit-worlds.md``): both learn colours and styles, neither learns shapes. The cross-attention DiT at
+#: width 96 on 2x2 patches with a convolution stem and Mix-FFN (1200 steps); the MMDiT at width 128 on 4x4 patches
+#: with Mix-FFN and no stem (1500 steps).
 DIT_CROSS = replace(BASE, model=replace(BASE.model, text_encoder="t5-masked", denoiser="dit-cross", dit_width=96,
-                                        dit_depth=4, dit_heads=4), steps=2500)
-MMDIT = replace(DIT_CROSS, model=replace(DIT_CROSS.model, text_encoder="t5", denoiser="mmdit"))
+                                        dit_depth=4, dit_heads=4, patch=2, dit_stem=True, dit_mix_ffn=True),
+                    steps=1200)
+MMDIT = replace(BASE, model=replace(BASE.model, text_encoder="t5", denoiser="mmdit", dit_width=128, dit_depth=4,
+                                    dit_heads=4, patch=4, dit_mix_ffn=True), steps=1500)
 
 WORLDS: dict[str, WorldSpec] = {
     spec.name: spec
