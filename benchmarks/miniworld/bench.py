@@ -79,12 +79,15 @@ CONCEPT_SETS: dict[str, list[str]] = {
     "1 shape": ["circle"],
     "1 style": ["striped"],
     "5 mixed": ["red", "cyan", "circle", "striped", "green triangle"],
+    # for worlds that draw colours and styles but not shapes (the DiT worlds, docs/dit-worlds.md)
+    "4 no shape": ["red", "cyan", "striped", "green"],
     "20 pairs": [f"{c} {s}" for c in ("red", "orange", "yellow", "green", "cyan")
                  for s in ("circle", "square", "triangle", "cross")],
 }
 #: Prompts per erased concept, per look-alike word (or pair), and unrelated prompts, for each set.
 SIZES: dict[str, tuple[int, int, int]] = {
     "1 colour": (12, 6, 12), "1 shape": (12, 6, 12), "1 style": (12, 6, 12), "5 mixed": (4, 2, 10),
+    "4 no shape": (4, 2, 10),
     "20 pairs": (1, 1, 10),
 }
 
