@@ -500,8 +500,9 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def merge(folders: list[Path], out: Path) -> None:
-    """One report from several runs' ``results.json`` (split by world or by set; the judge must agree, and a world
-    measured twice must be the same world)."""
+    """One report from several runs' ``results.json`` (split by world, by set or by method; the judge must agree,
+    and a world measured twice must be the same world). Rows of one world and set from several runs are joined (a
+    method measured twice keeps the later run's figures)."""
     reports = [json.loads((f / "results.json").read_text()) for f in folders]
     merged = {k: v for k, v in reports[0].items() if k not in ("results", "pooled", "worlds")}
     merged["results"], merged["worlds"], merged["concept_sets"], merged["preserve"] = {}, {}, {}, {}
@@ -514,7 +515,8 @@ def merge(folders: list[Path], out: Path) -> None:
             if not merged["worlds"].get(name, {}).get("accuracy"):
                 merged["worlds"][name] = w
         for name, sets in r["results"].items():
-            merged["results"].setdefault(name, {}).update(sets)
+            for set_name, rows in sets.items():
+                merged["results"].setdefault(name, {}).setdefault(set_name, {}).update(rows)
         for k in ("concept_sets", "preserve"):
             merged[k].update(r[k])
     merged["merged_from"] = [str(f) for f in folders]
