@@ -61,12 +61,13 @@ def test_t5_encoders_read_both_ways_and_handle_padding_as_documented():
 
 @torch.no_grad()
 @pytest.mark.parametrize("denoiser", ["dit-cross", "mmdit"])
-@pytest.mark.parametrize("stem,mix", [(False, False), (True, True)])
-def test_text_reaches_a_transformer_only_through_the_edited_weights(denoiser, stem, mix):
+@pytest.mark.parametrize("stem,mix,rotary", [(False, False, True), (True, True, True), (False, False, False)])
+def test_text_reaches_a_transformer_only_through_the_edited_weights(denoiser, stem, mix, rotary):
     """With the edited weights zeroed, what the transformer predicts no longer depends on the text (also with the
     convolution stem and Mix-FFN of the registered worlds: they see picture tokens only)."""
     torch.manual_seed(0)
-    model = build_denoiser(replace(small("t5", denoiser), dit_stem=stem, dit_mix_ffn=mix, dit_qk_init=2.0)).eval()
+    model = build_denoiser(replace(small("t5", denoiser), dit_stem=stem, dit_mix_ffn=mix, dit_qk_init=2.0,
+                                   dit_rope=rotary)).eval()
     for layer in model.modules():  # the zero-initialised head would hide every dependence
         if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
             torch.nn.init.normal_(layer.weight, std=0.2)

@@ -16,8 +16,8 @@ sampler), so that the worlds differ from the UNet worlds in the architecture onl
   norms on each head's queries and keys). There is no pooled text vector (as in Chroma): ``txt_in`` is the only
   map that reads the text encoder's output, and it is what the edit targets (beyond the paper).
 
-Picture tokens carry a learned absolute position and axial 2-D rotary positions in self-/joint attention (text
-tokens are not turned, as Flux gives them position 0). Three model fields stand in for the VAE and the scale of
+Picture tokens carry a learned absolute position and axial 2-D rotary positions in self-/joint attention
+(``dit_rope``, on by default; text tokens are not turned, as Flux gives them position 0). Three model fields stand in for the VAE and the scale of
 training that real DiTs have, none of them on the text side: ``dit_stem`` (a residual convolution block at full
 resolution before and after the patches, :class:`_ConvPatches`), ``dit_mix_ffn`` (SANA's feed-forward with a 3x3
 depthwise convolution, :class:`MixFFN`) and ``dit_qk_init`` (where the query/key RMS norms start). With them the
@@ -287,7 +287,7 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e).unbind(1)
         x = x + gate1.unsqueeze(1) * self.self_attn(_modulate(self.norm1(x), shift1, scale1), rotary=rotary)
         x = x + self.cross_attn(self.norm3(x), context)
@@ -301,6 +301,7 @@ class DiTCross(nn.Module):
         super().__init__()
         dim = cfg.dit_width
         self.patches = _patches(cfg)
+        self.rotary = cfg.dit_rope
         self.time_embedding = _Time(dim)
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"),
@@ -322,7 +323,7 @@ class DiTCross(nn.Module):
         e = self.time_projection(vec).unflatten(1, (6, -1))
         context = self.text_contexts(context)
         h, skip = self.patches.tokens(x, vec)
-        rotary = (self.patches.cos, self.patches.sin)
+        rotary = (self.patches.cos, self.patches.sin) if self.rotary else None
         for block in self.blocks:
             h = block(h, e, context, rotary)
         return self.patches.picture(self.head(h, vec), skip, vec)
@@ -366,12 +367,13 @@ class DoubleBlock(nn.Module):
         self.txt = _Stream(dim, heads, qk)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Picture tokens turned by ``rotary``; text tokens not (Flux gives them position 0)."""
+                rotary: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Picture tokens turned by ``rotary`` (None: not turned); text tokens not (Flux gives them position 0)."""
         img_mod = self.img.mod(F.silu(vec)).chunk(6, dim=1)
         txt_mod = self.txt.mod(F.silu(vec)).chunk(6, dim=1)
         iq, ik, iv = self.img.qkv_of(img, img_mod)
-        iq, ik = rope(iq, *rotary), rope(ik, *rotary)
+        if rotary is not None:
+            iq, ik = rope(iq, *rotary), rope(ik, *rotary)
         tq, tk, tv = self.txt.qkv_of(txt, txt_mod)
         attn = _merge(F.scaled_dot_product_attention(torch.cat([tq, iq], 2), torch.cat([tk, ik], 2),
                                                      torch.cat([tv, iv], 2)))
@@ -386,6 +388,7 @@ class MMDiT(nn.Module):
         super().__init__()
         dim = cfg.dit_width
         self.patches = _patches(cfg)
+        self.rotary = cfg.dit_rope
         self.time_in = _Time(dim)
         self.txt_in = nn.Linear(cfg.text_dim, dim)
         self.double_blocks = nn.ModuleList(DoubleBlock(cfg, self.patches.side) for _ in range(cfg.dit_depth))
@@ -402,7 +405,7 @@ class MMDiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         vec = self.time_in(t)
         (img, skip), txt = self.patches.tokens(x, vec), self.txt_in(context)
-        rotary = (self.patches.cos, self.patches.sin)
+        rotary = (self.patches.cos, self.patches.sin) if self.rotary else None
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, rotary)
         return self.patches.picture(self.head(img, vec), skip, vec)

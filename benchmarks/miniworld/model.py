@@ -33,7 +33,7 @@ TEXT_ENCODER_KINDS = ("causal", "causal-blind-end", "t5", "t5-masked")
 DENOISER_KINDS = ("unet", "dit-cross", "mmdit")
 #: Fields added after the first world: left out of the cache key where they have their defaults.
 _LATER_FIELDS = ("text_encoder", "denoiser", "dit_width", "dit_depth", "dit_heads", "patch", "dit_stem", "dit_mix_ffn",
-                 "dit_qk_init")
+                 "dit_qk_init", "dit_rope")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ModelConfig:
     dit_stem: bool = False  # a convolution block at full resolution before and after the patches (``dit.py``)
     dit_mix_ffn: bool = False  # picture tokens' feed-forward with a 3x3 depthwise convolution (SANA's Mix-FFN)
     dit_qk_init: float = 1.0  # where the RMS norms on queries and keys start
+    dit_rope: bool = True  # axial 2-D rotary positions on picture tokens in self-/joint attention
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODER_KINDS:
