@@ -17,12 +17,12 @@ sampler), so that the worlds differ from the UNet worlds in the architecture onl
   map that reads the text encoder's output, and it is what the edit targets (beyond the paper).
 
 Picture tokens carry a learned absolute position and axial 2-D rotary positions in self-/joint attention
-(``dit_rope``, on by default; text tokens are not turned, as Flux gives them position 0). Three model fields stand in for the VAE and the scale of
-training that real DiTs have, none of them on the text side: ``dit_stem`` (a residual convolution block at full
-resolution before and after the patches, :class:`_ConvPatches`), ``dit_mix_ffn`` (SANA's feed-forward with a 3x3
-depthwise convolution, :class:`MixFFN`) and ``dit_qk_init`` (where the query/key RMS norms start). With them the
-registered worlds learn colours and styles on one CPU thread within minutes; shapes stay near chance
-(``docs/dit-worlds.md``).
+(``dit_rope``, on by default; text tokens are not turned, as Flux gives them position 0). Three model fields stand
+in for the VAE and the scale of training that real DiTs have, none of them on the text side: ``dit_stem`` (a
+residual convolution block at full resolution before and after the patches, :class:`_ConvPatches`), ``dit_mix_ffn``
+(SANA's feed-forward with a 3x3 depthwise convolution, :class:`MixFFN`) and ``dit_qk_init`` (where the query/key RMS
+norms start). With them the registered worlds learn colours and styles on one CPU thread within minutes; shapes stay
+near chance (``docs/dit-worlds.md``).
 
 Text encoder kinds (``ModelConfig.text_encoder``), both bidirectional (no causal mask) with T5's token layout (no
 start token; the words, one end token ``</s>``, then pad tokens up to :data:`T5_CONTEXT` places; learned absolute
