@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
-from miniworld.bench import pool
+from miniworld.bench import merge, pool
 from miniworld.model import TEXT_ENCODER_KINDS, ModelConfig, build_text_encoder
 from miniworld.probe import end_token_share
 from miniworld.train import TrainConfig
@@ -49,7 +50,7 @@ def test_blind_end_tokens_carry_no_word_and_causal_ones_do():
     torch.manual_seed(0)
     ids = torch.stack([tokenize(c)[0] for c in COLOUR_NAMES])
     shares = {}
-    for kind in TEXT_ENCODER_KINDS:
+    for kind in ("causal", "causal-blind-end"):  # CLIP's layout (the T5-like kinds: test_miniworld_dit.py)
         encoder = build_text_encoder(ModelConfig(text_encoder=kind)).eval()
         shares[kind] = end_token_share(encoder(ids), last=1)
     assert bool((shares["causal-blind-end"] == 0).all()), shares
@@ -79,3 +80,41 @@ def test_pool_adds_counts():
     assert both["keep_look"]["rate"] == 0.5 and both["keep_other"]["rate"] == 1.0
     assert both["quality"]["mean"] == 0.75 and both["quality"]["n"] == 4
     assert 0 < both["forget"]["lo"] < 0.5 < both["forget"]["hi"] < 1
+
+
+def _row(forget: int) -> dict:
+    rate = {"k": forget, "n": 10, "rate": forget / 10, "lo": 0.0, "hi": 1.0}
+    keep = {"k": 10, "n": 10, "rate": 1.0, "lo": 0.7, "hi": 1.0}
+    return {"forget": rate, "keep_look": keep, "keep_other": keep,
+            "quality": {"sum": 9.0, "sumsq": 8.1, "n": 10, "mean": 0.9, "half": 0.0}}
+
+
+def _world(train: str) -> dict:
+    probe = {k: {"mean": 0.5} for k in ("colour", "shape", "style")}
+    return {"train": train, "text_encoder": "t5", "denoiser": "mmdit", "text_dim": 64, "seed": 0, "steps": 10,
+            "seconds": 60.0, "accuracy": {}, "meets_targets": None, "probe": probe}
+
+
+def test_merge_joins_the_methods_of_one_world_and_set_from_several_runs(tmp_path):
+    """Runs split by method (same world and set) merge into one table with every method, not the last run's."""
+    def run(folder: str, methods: dict) -> Path:
+        out = tmp_path / folder
+        out.mkdir()
+        report = {"judge": {"colour": 1.0}, "settings": {}, "concept_sets": {"1 colour": ["red"]},
+                  "preserve": {"1 colour": []}, "worlds": {"w": _world("abc")},
+                  "results": {"w": {"1 colour": {"unedited": _row(10), **methods}}}}
+        (out / "results.json").write_text(json.dumps(report))
+        return out
+
+    a, b = run("a", {"uce": _row(1)}), run("b", {"custom": _row(9)})
+    (tmp_path / "merged").mkdir()  # as main() makes --out
+    merge([a, b], tmp_path / "merged")
+    rows = json.loads((tmp_path / "merged" / "results.json").read_text())["results"]["w"]["1 colour"]
+    assert list(rows) == ["unedited", "uce", "custom"]
+    assert rows["uce"]["forget"]["k"] == 1 and rows["custom"]["forget"]["k"] == 9
+    (tmp_path / "c").mkdir()
+    bad = json.loads((a / "results.json").read_text())
+    bad["worlds"]["w"]["train"] = "other"
+    (tmp_path / "c" / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="differs"):
+        merge([a, tmp_path / "c"], tmp_path / "merged2")

@@ -93,12 +93,15 @@ CONCEPT_SETS: dict[str, list[str]] = {
     "1 shape": ["circle"],
     "1 style": ["striped"],
     "5 mixed": ["red", "cyan", "circle", "striped", "green triangle"],
+    # for worlds that draw colours and styles but not shapes (the DiT worlds, docs/dit-worlds.md)
+    "4 no shape": ["red", "cyan", "striped", "green"],
     "20 pairs": [f"{c} {s}" for c in ("red", "orange", "yellow", "green", "cyan")
                  for s in ("circle", "square", "triangle", "cross")],
 }
 #: Prompts per erased concept, per look-alike word (or pair), and unrelated prompts, for each set.
 SIZES: dict[str, tuple[int, int, int]] = {
     "1 colour": (12, 6, 12), "1 shape": (12, 6, 12), "1 style": (12, 6, 12), "5 mixed": (4, 2, 10),
+    "4 no shape": (4, 2, 10),
     "20 pairs": (1, 1, 10),
 }
 
@@ -586,8 +589,9 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def merge(folders: list[Path], out: Path) -> None:
-    """One report from several runs' ``results.json`` (split by world or by set; the judge must agree, and a world
-    measured twice must be the same world)."""
+    """One report from several runs' ``results.json`` (split by world, by set or by method; the judge must agree,
+    and a world measured twice must be the same world). Rows of one world and set from several runs are joined (a
+    method measured twice keeps the later run's figures)."""
     reports = [json.loads((f / "results.json").read_text()) for f in folders]
     merged = {k: v for k, v in reports[0].items() if k not in ("results", "pooled", "worlds")}
     merged["results"], merged["worlds"], merged["concept_sets"], merged["preserve"] = {}, {}, {}, {}
@@ -600,7 +604,8 @@ def merge(folders: list[Path], out: Path) -> None:
             if not merged["worlds"].get(name, {}).get("accuracy"):
                 merged["worlds"][name] = w
         for name, sets in r["results"].items():
-            merged["results"].setdefault(name, {}).update(sets)
+            for set_name, rows in sets.items():
+                merged["results"].setdefault(name, {}).setdefault(set_name, {}).update(rows)
         for k in ("concept_sets", "preserve"):
             merged[k].update(r[k])
         for w, guides in r.get("focus_guides", {}).items():

@@ -3,7 +3,9 @@
 The edit goes the way the ScaPre nodes do it: each concept prompt (the concept's words, no templates) encoded with
 the world's text encoder, its last word token's index, guides = the empty prompt (last index 0), optional
 preserve prompts, ``ConceptSet.from_embeddings``, then ``scapre_core.erase`` on every ``attn2.to_k`` /
-``attn2.to_v`` weight of the UNet.
+``attn2.to_v`` weight of the UNet; for a diffusion transformer (``dit.py``) on its ``cross_attn.k`` / ``.v`` over the
+contexts after its text projection, or on its text-input projection ``txt_in``, with T5's alignment (see
+:func:`concept_set`).
 """
 
 from __future__ import annotations
@@ -83,12 +85,33 @@ def read(judge: Judge, images: torch.Tensor, asks: list[Ask]) -> Reading:
 
 
 def concept_set(world: World, concepts: list[str], preserve: list[str] = ()) -> ConceptSet:
-    """The nodes' text side: concept prompts as typed, guided to the empty prompt, optional preserve prompts."""
+    """The nodes' text side: concept prompts as typed, guided to the empty prompt, optional preserve prompts.
+
+    The contexts are what the edited weights read: the encodings after the denoiser's own text projection where it
+    has one (``text_contexts``: a cross-attention DiT's ``text_embedding``). For an encoder without a start token
+    (T5) they are aligned as the pack aligns T5's (``nodes/glue/encode.py``): a prompt's context is its rows from its
+    last word token on; the empty guide's rows start at its first token (the end token ``</s>``) taken twice, so that
+    the last word and the end token both meet the guide's end token and padding meets padding; the empty vector
+    ``e`` is that end token. Here that is :meth:`ConceptSet.from_embeddings` on every encoding with its first row
+    taken twice (indices shifted by one)."""
     erase_enc, erase_last = world.encode(list(concepts))
-    (empty,), _ = world.encode([""])
+    empty, _ = world.encode([""])
+    pres_enc, pres_last = world.encode(list(preserve)) if preserve else (None, [])
+    project = getattr(world.unet, "text_contexts", None)
+    if project is not None:
+        with torch.no_grad():
+            erase_enc, empty = project(erase_enc), project(empty)
+            pres_enc = None if pres_enc is None else project(pres_enc)
+    if not world.text_encoder.has_start_token:
+        def twice(enc: torch.Tensor) -> torch.Tensor:
+            return torch.cat([enc[:, :1], enc], dim=1)
+
+        erase_enc, empty, erase_last = twice(erase_enc), twice(empty), [f + 1 for f in erase_last]
+        if pres_enc is not None:
+            pres_enc, pres_last = twice(pres_enc), [f + 1 for f in pres_last]
+    empty = empty[0]
     kwargs = {}
     if preserve:
-        pres_enc, pres_last = world.encode(list(preserve))
         kwargs = {"preserve": list(pres_enc), "preserve_last": pres_last, "preserve_texts": list(preserve)}
     return ConceptSet.from_embeddings(list(erase_enc), erase_last, [empty] * len(concepts), [0] * len(concepts),
                                       empty, erase_texts=list(concepts), guide_texts=[""] * len(concepts), **kwargs)
@@ -129,7 +152,8 @@ def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int =
 
 
 def edited_unet(world: World, concepts: ConceptSet, config: ScaPreConfig) -> UNet:
-    """A copy of the world's UNet with every ``attn2.to_k`` / ``attn2.to_v`` weight edited by ``scapre_core``."""
+    """A copy of the world's denoiser with every weight of :func:`cross_attention_weights` edited by ``scapre_core``
+    (a UNet's ``attn2.to_k`` / ``attn2.to_v``, a DiT's ``cross_attn.k`` / ``.v`` or ``txt_in``)."""
     edited = erase(cross_attention_weights(world.unet), concepts, config)
     unet = copy.deepcopy(world.unet)
     _missing, unexpected = unet.load_state_dict(edited, strict=False)

@@ -8,6 +8,8 @@
 * :class:`UNet`: an eps-predicting UNet whose only path from the text to the image is cross-attention
   ``attn2`` (``to_q``, ``to_k``, ``to_v`` without bias, ``to_out``), at the low resolutions; the edit targets
   ``attn2.to_k.weight`` / ``attn2.to_v.weight`` as in SD.
+* The diffusion transformers (``dit-cross``: Wan's cross-attention DiT; ``mmdit``: Flux's joint-attention MMDiT) and
+  the bidirectional T5-like encoders (``t5``, ``t5-masked``) they read are in ``dit.py``.
 * :class:`Schedule`: a cosine noise schedule over 1000 steps, training by eps-prediction with min-SNR weights, and
   a deterministic DDIM sampler with classifier-free guidance.
 """
@@ -21,13 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .world import CONTEXT, END, START, VOCAB
+from .world import CONTEXT, END, START, VOCAB, tokenize
 
-#: Text-encoder kinds (``ModelConfig.text_encoder``; see the module docstring). Later kinds (a bidirectional
-#: T5-like encoder, ...) register here with their class.
-TEXT_ENCODER_KINDS = ("causal", "causal-blind-end")
-#: Denoiser kinds (``ModelConfig.denoiser``); a kind maps to its class in :func:`build_denoiser`.
-DENOISER_KINDS = ("unet",)
+#: Text-encoder kinds (``ModelConfig.text_encoder``; see the module docstring; the bidirectional T5-like ``t5`` and
+#: ``t5-masked`` are in ``dit.py``); a kind maps to its class in :func:`build_text_encoder`.
+TEXT_ENCODER_KINDS = ("causal", "causal-blind-end", "t5", "t5-masked")
+#: Denoiser kinds (``ModelConfig.denoiser``; the diffusion transformers ``dit-cross`` and ``mmdit`` are in
+#: ``dit.py``); a kind maps to its class in :func:`build_denoiser`.
+DENOISER_KINDS = ("unet", "dit-cross", "mmdit")
+#: Fields added after the first world: left out of the cache key where they have their defaults.
+_LATER_FIELDS = ("text_encoder", "denoiser", "dit_width", "dit_depth", "dit_heads", "patch", "dit_stem", "dit_mix_ffn",
+                 "dit_qk_init", "dit_rope")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,14 @@ class ModelConfig:
     heads: int = 2
     text_encoder: str = "causal"  # one of TEXT_ENCODER_KINDS
     denoiser: str = "unet"  # one of DENOISER_KINDS
+    dit_width: int = 128  # a diffusion transformer's token width (``dit-cross``, ``mmdit``)
+    dit_depth: int = 4  # its blocks
+    dit_heads: int = 4
+    patch: int = 2  # its patch side: (size / patch)^2 picture tokens
+    dit_stem: bool = False  # a convolution block at full resolution before and after the patches (``dit.py``)
+    dit_mix_ffn: bool = False  # picture tokens' feed-forward with a 3x3 depthwise convolution (SANA's Mix-FFN)
+    dit_qk_init: float = 1.0  # where the RMS norms on queries and keys start
+    dit_rope: bool = True  # axial 2-D rotary positions on picture tokens in self-/joint attention
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODER_KINDS:
@@ -57,7 +71,7 @@ class ModelConfig:
         """:meth:`to_dict` without the fields added after the first world, where they have their defaults: the
         cache key of a world made before they existed stays the same."""
         out = self.to_dict()
-        for name in ("text_encoder", "denoiser"):
+        for name in _LATER_FIELDS:
             if getattr(self, name) == self.__dataclass_fields__[name].default:
                 del out[name]
         return out
@@ -77,6 +91,9 @@ class TextEncoder(nn.Module):
 
     With ``cfg.text_encoder == "causal-blind-end"`` the end and padding tokens also do not read the word tokens
     (only the start token and the end tokens before them)."""
+
+    has_start_token = True  # CLIP's layout: last-word indices count the start token
+    tokenize = staticmethod(tokenize)
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -105,14 +122,22 @@ class TextEncoder(nn.Module):
 
 
 def build_text_encoder(cfg: ModelConfig) -> nn.Module:
-    """The text encoder of ``cfg.text_encoder``: ``ids [B, 77] -> [B, 77, text_dim]``."""
+    """The text encoder of ``cfg.text_encoder``: ``ids [B, L] -> [B, L, text_dim]`` (``L`` 77, or ``T5_CONTEXT`` for
+    the T5-like kinds); its ``tokenize`` makes the ids of a prompt and finds its last word token."""
+    if cfg.text_encoder in ("t5", "t5-masked"):
+        from .dit import T5Encoder
+
+        return T5Encoder(cfg)
     return TextEncoder(cfg)
 
 
 def build_denoiser(cfg: ModelConfig) -> nn.Module:
-    """The denoiser of ``cfg.denoiser``: ``(x [B, 3, S, S], t [B], context [B, 77, d]) -> eps``; the text reaches it
-    only through modules whose ``to_k`` / ``to_v`` weights :func:`cross_attention_weights` returns."""
-    return {"unet": UNet}[cfg.denoiser](cfg)
+    """The denoiser of ``cfg.denoiser``: ``(x [B, 3, S, S], t [B], context [B, L, d]) -> eps``; the text reaches it
+    only through the weights :func:`cross_attention_weights` returns (after the model's own text projection,
+    ``text_contexts``, where it has one)."""
+    from .dit import DiTCross, MMDiT
+
+    return {"unet": UNet, "dit-cross": DiTCross, "mmdit": MMDiT}[cfg.denoiser](cfg)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -229,7 +254,10 @@ class UNet(nn.Module):
 
 
 def cross_attention_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """Every ``attn2.to_k.weight`` / ``attn2.to_v.weight`` of the denoiser (what ScaPre edits), by state-dict key."""
+    """Every ``attn2.to_k.weight`` / ``attn2.to_v.weight`` of the denoiser (what ScaPre edits), by state-dict key; for a
+    diffusion transformer its ``edited_weights()`` (``cross_attn.k`` / ``.v``, or the text-input projection)."""
+    if hasattr(unet, "edited_weights"):
+        return unet.edited_weights()
     return {k: v.detach().clone() for k, v in unet.state_dict().items()
             if ".attn2.to_k.weight" in k or ".attn2.to_v.weight" in k}
 

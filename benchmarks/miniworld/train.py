@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` importable
 
 from .judge import Judge, train_judge
 from .model import ModelConfig, Schedule, TextEncoder, UNet, build_denoiser, build_text_encoder
-from .world import sample_batch, tokenize
+from .world import sample_batch
 
 log = logging.getLogger("miniworld.train")
 
@@ -73,8 +73,9 @@ class World:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        """``[n, 77, d]`` encodings and last-word indices, as the UNet reads them."""
-        toks = [tokenize(p) for p in prompts]
+        """``[n, L, d]`` encodings and last-word indices, as the denoiser reads them (``L`` and the indices in the
+        text encoder's own layout: ``tokenize`` of ``world.py``, or ``t5_tokenize`` of ``dit.py``)."""
+        toks = [self.text_encoder.tokenize(p) for p in prompts]
         ids = torch.stack([t[0] for t in toks])
         return self.text_encoder(ids), [t[1] for t in toks]
 
@@ -111,7 +112,7 @@ def train_world(cfg: TrainConfig, log_every: int = 200,
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         batch = sample_batch(cfg.batch, g, cfg.model.size, colours_only=cfg.colours_only)
-        ids = torch.stack([tokenize(p)[0] for p in batch.prompts])
+        ids = torch.stack([text_encoder.tokenize(p)[0] for p in batch.prompts])
         t = torch.randint(schedule.steps, (cfg.batch,), generator=g)
         noise = torch.randn(batch.images.shape, generator=g)
         pred = unet(schedule.add_noise(batch.images, noise, t), t, text_encoder(ids))

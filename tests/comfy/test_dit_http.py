@@ -70,7 +70,8 @@ def _prompt(server, example: str) -> dict:
         elif kind_of == "KSampler":
             inputs["steps"] = 1
             sampler = node_id
-    prompt["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": example}}
+    prompt["900"] = {"class_type": "SaveLatent",
+                     "inputs": {"samples": [sampler, 0], "filename_prefix": f"latents/{example}"}}
     return prompt
 
 

