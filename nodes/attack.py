@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ..scapre_core import __version__
 from ..scapre_core.attack_prompts import ATTACK_KINDS, PLAIN
 from ..scapre_core.attacks import parse_strengths
 from ..scapre_core.prompts import CONCEPT_TYPES, split_items
+from ..scapre_core.report import finite
 from .common import CATEGORY, AttackPrompts, Concepts, log
 from .glue import attack as glue
 from .glue.payloads import EncodedConcepts
@@ -48,15 +48,6 @@ def _next_path(stem: str, suffix: str) -> Path:
     taken = [int(m.group(1)) for f in folder.iterdir() if (m := re.fullmatch(rf"{stem}_(\d+)\..*", f.name))]
     return folder / f"{stem}_{max(taken, default=0) + 1:05d}{suffix}"
 
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 class ScaPreAttack(io.ComfyNode):
@@ -171,7 +162,7 @@ class ScaPreAttack(io.ComfyNode):
             bar.update(1)
 
         outcome = glue.run_attack(original, edited, clip, vae, names, concept_type, settings, tick, clip_vision, run)
-        result = _finite(outcome.result)
+        result = finite(outcome.result)
         result["notes"] = notes
         result["conditionings"] = outcome.labels
         path = _next_path("attack", ".json")

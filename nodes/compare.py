@@ -22,6 +22,7 @@ from comfy_api.latest import io
 from ..scapre_core.evaluation import classifiers as clf
 from ..scapre_core.evaluation import measures, recovery
 from ..scapre_core.prompts import normalize
+from ..scapre_core.report import finite
 from .common import CATEGORY, AttackPrompts, Concepts, log
 from .glue.attack import AttackPromptSet
 from .glue.payloads import EncodedConcepts
@@ -212,15 +213,6 @@ def _save_json(result: dict[str, Any]) -> str:
     return f"{OUTPUT_SUBFOLDER}/{path.name}"
 
 
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
 
 class ScaPreCompare(io.ComfyNode):
     @classmethod
@@ -344,7 +336,7 @@ class ScaPreCompare(io.ComfyNode):
                                "height": height, "measure": "change = clip(1 - SSIM, 0, 1)"}}
         if attack_prompts is not None:
             result["attack"] = _attack_figures(records, attack_prompts.notes)
-        result = _finite(result)
+        result = finite(result)
         result["file"] = _save_json(result)
         table = _table(result)
         rows = [GridRow(f"{r['kind']}{'/' + r['variant'] if r.get('variant') else ''} | {r['prompt']} | "

@@ -75,7 +75,7 @@ class EditReport:
         """The compact figures the graph shows on the erase node."""
         we, wd = self.worst_efficacy(), self.worst_drift()
         concepts = {p.concept or p.text for p in self.group("erase")}
-        return _finite({
+        return finite({
             "concepts": len(concepts),
             "prompts": len(self.group("erase")),
             "matrices": len(self.matrices),
@@ -89,7 +89,7 @@ class EditReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data; non-finite numbers become ``None`` (JSON has no infinity)."""
-        return _finite({"format": "scapre-report/1", **asdict(self)})
+        return finite({"format": "scapre-report/1", **asdict(self)})
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=_jsonable, allow_nan=False)
@@ -338,14 +338,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _finite(value: Any) -> Any:
-    """Copy of ``value`` with non-finite floats replaced by ``None`` (recursively)."""
+def finite(value: Any) -> Any:
+    """Copy of ``value`` with non-finite floats replaced by ``None`` (recursively; tuples become lists), for
+    strict JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 

@@ -25,6 +25,7 @@ from ...scapre_core.attack_prompts import ATTACK_KINDS, PLAIN, VARIANT_KINDS, at
 from ...scapre_core.attacks import parse_strengths
 from ...scapre_core.evaluation import recovery
 from ...scapre_core.prompts import CONCEPT_TYPES, normalize, split_items
+from ...scapre_core.report import finite
 from .inputs import InputError, read_concepts
 
 log = logging.getLogger("scapre")
@@ -390,21 +391,10 @@ def run(job: AttackJob, quiet: bool = False) -> list[str]:
     tensors.update(outcome.tensors)
     comfy.utils.save_torch_file(tensors, str(job.out / "attack.safetensors"),
                                 metadata=glue.attack_metadata(__version__, outcome.labels, result))
-    (job.out / "attack.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False), encoding="utf-8")
+    (job.out / "attack.json").write_text(json.dumps(finite(result), indent=1, allow_nan=False), encoding="utf-8")
     text = glue.markdown(result)
     (job.out / "attack.md").write_text(text + "\n", encoding="utf-8")
     pooled = result["recovery"]["all"]
     return [text, f"recovered {pooled['count']} of {pooled['n']} counted image(s); wrote {job.out}"]
 
-
-def _finite(value):
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
