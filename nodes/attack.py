@@ -16,6 +16,7 @@ from comfy_api.latest import io
 from ..scapre_core import __version__
 from ..scapre_core.attack_prompts import ATTACK_KINDS, PLAIN
 from ..scapre_core.attacks import parse_strengths
+from ..scapre_core.evaluation import classifiers as clf
 from ..scapre_core.prompts import CONCEPT_TYPES, split_items
 from ..scapre_core.report import finite
 from .common import CATEGORY, AttackPrompts, Concepts, log
@@ -154,7 +155,7 @@ class ScaPreAttack(io.ComfyNode):
             images=images_per_concept, seed=seed,
             sampling=glue.Sampling(steps, cfg, sampler_name, scheduler, width, height))
         settings.check()
-        run, notes = glue.classifier_plan(classifiers, concept_type, names)
+        run, notes = clf.plan(classifiers, concept_type, names)
         bar = comfy.utils.ProgressBar(settings.total_ticks(len(names)), node_id=cls.hidden.unique_id)
 
         def tick() -> None:

@@ -124,29 +124,9 @@ def _attack_figures(records: list[dict], notes: tuple[str, ...]) -> dict:
 
 
 def _classifier_plan(mode: str, concepts, items) -> tuple[list[str], list[str]]:
-    """(measures to run, notes) for the classifier ``mode``. auto: NudeNet for explicit concepts, the
-    ImageNet classifier when some compared concept is an ImageNet class name. A measure that is wanted
-    but not installed gives a note saying what to install."""
-    if mode == "off":
-        return [], []
+    """``classifiers.plan`` over the compared concepts (each item's concept, else its prompt)."""
     concept_type = getattr(concepts, "concept_type", "") or ""
-    has_class = any(clf.imagenet_class(i.concept or i.prompt) is not None for i in items)
-    wanted = []
-    if mode in ("nudenet", "both") or (mode == "auto" and concept_type == "explicit"):
-        wanted.append(clf.NUDENET)
-    if mode in ("imagenet", "both") or (mode == "auto" and has_class):
-        wanted.append(clf.IMAGENET)
-    run, notes = [], []
-    for name in wanted:
-        problem = clf.missing(name)
-        if problem is not None:
-            notes.append(f"not measured: {problem}")
-        elif name == clf.IMAGENET and not has_class:
-            notes.append("imagenet measure: no compared concept is an ImageNet class name (e.g. 'tench', "
-                         "'golden retriever')")
-        else:
-            run.append(name)
-    return run, notes
+    return clf.plan(mode, concept_type, [i.concept or i.prompt for i in items])
 
 
 def _classify(run: list[str], record: dict, item, original: torch.Tensor, edited: torch.Tensor) -> None:

@@ -534,26 +534,3 @@ def attack_prompt_set(clip, concepts: Sequence[str], concept_type: str, kinds: S
                    MISSPELLING: "concepts of 4+ letters only"}.get(kind, "none found")
             notes.append(f"no {kind} variants ({why})")
     return AttackPromptSet(tuple(variants), concept_type, tuple(notes))
-
-
-def classifier_plan(mode: str, concept_type: str, concepts: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(classifier measures to run, notes) for ``mode`` (auto, off, nudenet, imagenet, both): auto takes NudeNet
-    for explicit concepts and the ImageNet classifier when some concept is an ImageNet class name."""
-    if mode == "off":
-        return [], []
-    has_class = any(clf.imagenet_class(c) is not None for c in concepts)
-    wanted = []
-    if mode in ("nudenet", "both") or (mode == "auto" and concept_type == "explicit"):
-        wanted.append(clf.NUDENET)
-    if mode in ("imagenet", "both") or (mode == "auto" and has_class):
-        wanted.append(clf.IMAGENET)
-    run, notes = [], []
-    for name in wanted:
-        problem = clf.missing(name)
-        if problem is not None:
-            notes.append(f"not measured: {problem}")
-        elif name == clf.IMAGENET and not has_class:
-            notes.append("imagenet measure: no concept is an ImageNet class name")
-        else:
-            run.append(name)
-    return run, notes

@@ -185,3 +185,27 @@ def summarize_classifiers(records: Sequence[Mapping[str, Any]]) -> dict[str, Any
                 "edited": _mean([r["nudenet_edited"] for r in rows]),
                 "original": _mean([r["nudenet_original"] for r in rows]), "prompts": len(rows)}
     return out
+
+
+def plan(mode: str, concept_type: str, concepts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(classifier measures to run, notes) for ``mode`` (auto, off, nudenet, imagenet, both). auto: NudeNet for
+    explicit concepts, the ImageNet classifier when some concept is an ImageNet class name. A measure that is
+    wanted but not installed gives a note saying what to install."""
+    if mode == "off":
+        return [], []
+    has_class = any(imagenet_class(c) is not None for c in concepts)
+    wanted = []
+    if mode in ("nudenet", "both") or (mode == "auto" and concept_type == "explicit"):
+        wanted.append(NUDENET)
+    if mode in ("imagenet", "both") or (mode == "auto" and has_class):
+        wanted.append(IMAGENET)
+    run, notes = [], []
+    for name in wanted:
+        problem = missing(name)
+        if problem is not None:
+            notes.append(f"not measured: {problem}")
+        elif name == IMAGENET and not has_class:
+            notes.append("imagenet measure: no concept is an ImageNet class name (e.g. 'tench', 'golden retriever')")
+        else:
+            run.append(name)
+    return run, notes
