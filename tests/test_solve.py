@@ -180,3 +180,36 @@ def test_data_term_in_concept_blocks_matches_naive(technique):
     ours = data_term(w0, text, weights, 2.0, technique) @ text.basis.T
     _, xs, ys, _ = _naive_inputs(raw)
     assert _rel(ours, naive.data_term(w0, xs, ys, weights, 2.0, technique)) < 1e-12
+
+
+@pytest.mark.parametrize("levels", [3, None])
+def test_direct_data_term_by_most_common_weight_matches_naive(monkeypatch, levels):
+    """The direct route's data term (each concept's most common row weight taken once per guide, the other rows
+    apart) equals the plain sum, for weights with a few distinct values per concept (Informax's) and for weights
+    that all differ, with several guides."""
+    from comfyui_scapre.scapre_core import solve
+
+    m = 9
+    concepts, raw = random_concepts(m, dim=12, length=6, seed=5, guided=True, dtype=F64)
+    monkeypatch.setattr(solve, "DIRECT_MIN_DIM", 12)
+    monkeypatch.setattr(solve, "route", lambda *_: "direct")
+    cfg = ScaPreConfig(precision="float64")
+    text = prepare_text_side(concepts, cfg, torch.device("cpu"), F64)
+    assert text.direct and len(set(concepts.guide_index)) > 1
+    w0 = random_weights({"w": (40, 12)}, seed=4, dtype=F64)["w"]
+    weights = _stats(40, m, seed=2).row_weights
+    if levels is not None:  # a few values per column, most rows at one of them
+        g = torch.Generator().manual_seed(3)
+        pick = torch.randint(0, 8, weights.shape, generator=g).clamp(max=levels - 1)
+        weights = torch.rand(levels, m, generator=g, dtype=F64).gather(0, pick)
+        assert int((weights == solve.column_modes(weights)).sum()) > weights.numel() // 2
+    ours = solve.data_term(w0, text, weights, 2.0, "replace")
+    _, xs, ys, _ = _naive_inputs(raw)
+    assert _rel(ours, naive.data_term(w0, xs, ys, weights, 2.0, "replace")) < 1e-12
+
+
+def test_column_modes_pick_the_most_common_value():
+    from comfyui_scapre.scapre_core.solve import column_modes
+
+    w = torch.tensor([[0.5, 1.0], [0.5, 2.0], [0.1, 2.0], [0.5, 1.0]], dtype=F64)
+    assert column_modes(w).tolist() == [0.5, 1.0]  # a tie goes to the smaller value
