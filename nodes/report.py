@@ -19,7 +19,9 @@ class ScaPreReport(io.ComfyNode):
             category=CATEGORY,
             description="Show what an edit did before sampling: efficacy of every erased prompt, drift of probes and "
                         "preserved prompts, where in the UNet the weights changed, and how much of the edit the "
-                        "weights the model samples with carry (its weight format: fp8, GGUF, ...).",
+                        "weights the model samples with carry (its weight format: fp8, GGUF, ...). Efficacy is not "
+                        "a verdict on the pictures (it did not predict forgetting in the miniature worlds): count "
+                        "pictures with ScaPre Compare.",
             inputs=[Report.Input("report", tooltip="The report output of ScaPre Erase.")],
             outputs=[
                 io.Image.Output("figure", display_name="figure",

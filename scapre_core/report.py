@@ -126,6 +126,7 @@ class EditReport:
             lines.append(f"- largest collateral drift: **{s['worst_drift']['text']}** "
                          f"({s['worst_drift']['group']}, {_fmt(s['worst_drift']['value'])})")
         lines.append(f"- mean relative weight change: {_fmt(s['mean_change'])}")
+        lines.append(f"- {EFFICACY_IS_NOT_A_VERDICT}")
         if self.info.get("report_tokens") in REPORT_SCOPES:
             lines.append(f"- measured on: {describe_scope(self.info['report_tokens'])} "
                          f"(report tokens: {self.info['report_tokens']})")
@@ -147,6 +148,13 @@ class EditReport:
         if len(self.matrices) > max_rows:
             lines.append(f"| ... {len(self.matrices) - max_rows} more | | |")
         return "\n".join(lines) + "\n"
+
+
+#: What efficacy does not say (calibrated against pictures in the miniature worlds: docs/miniworlds.md).
+EFFICACY_IS_NOT_A_VERDICT = (
+    "efficacy measures how far the erased prompts' projections moved, not whether pictures lose the concept: in "
+    "the miniature worlds an efficacy of 0.9 or more left the concept drawn in about a quarter of the cases "
+    "(docs/miniworlds.md, 'Does the report predict the pictures?'); count pictures with ScaPre Compare")
 
 
 def short_name(key: str) -> str:

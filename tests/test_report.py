@@ -81,6 +81,7 @@ def test_json_round_trip_markdown_and_summary():
     assert again == report
     md = report.to_markdown()
     assert "a \\| b" in md and "in4.t0.k" in md and "warning: w1" in md
+    assert "not whether pictures lose the concept" in md and "ScaPre Compare" in md  # efficacy is no verdict
     summary = report.summary()
     assert summary["concepts"] == 2 and summary["matrices"] == 1 and summary["worst_drift"] is None
     assert short_name("diffusion_model.output_blocks.11.1.transformer_blocks.3.attn2.to_v.weight") == "out11.t3.v"
