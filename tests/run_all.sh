@@ -77,8 +77,8 @@ fi
 # and command-line runs it starts, the browser) is printed with the stage's time.
 peak_file=$(mktemp)
 # Three pytest processes per host (markers set in tests/comfy/conftest.py and the test modules): the tests that load
-# the SDXL-family checkpoint (sdxl), those that start ComfyUI servers of their own (servers: evaluate on two servers,
-# the DiT examples over HTTP) or run the command line on a checkpoint (cli), and the rest, so that the in-process
+# the SDXL-family checkpoint (sdxl), those that start ComfyUI servers of their own (servers: HTTP and frontend tests,
+# evaluate on two servers, the DiT examples over HTTP) or run the command line on a checkpoint (cli), and the rest, so that the in-process
 # SD1.5 model, the SDXL-family model, the servers' models and the command line's are never in memory together.
 # The three expressions split the tests: each runs exactly once per host.
 for host in "${hosts[@]}"; do

@@ -39,9 +39,9 @@ _SERVERS: list[comfy_support.ComfyServer] = []
 
 #: Fixtures that load the SDXL-family checkpoint (about 6.6 GB of RAM in float32 on the CPU).
 SDXL_FIXTURES = ("vega_loaded", "vega_ckpt_path")
-#: Fixtures that start ComfyUI servers of their own: two that load the SD1.5 checkpoint (``evaluate``), one that loads
-#: the DiT test models (``test_dit_http.py``).
-SERVER_FIXTURES = ("eval_world", "dit_server")
+#: Fixtures that start ComfyUI servers of their own: the session's server (HTTP, frontend; it loads SD1.5 in float32
+#: and saves checkpoints), the two of ``evaluate`` (SD1.5 each) and the DiT examples' server (``test_dit_http.py``).
+SERVER_FIXTURES = ("eval_world", "dit_server", "comfy_server")
 
 
 def uses_sdxl(item: pytest.Item) -> bool:
