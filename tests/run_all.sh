@@ -76,11 +76,13 @@ fi
 # Each suite under tests/peak_memory.py: the peak memory of its whole process tree (pytest, the ComfyUI servers
 # and command-line runs it starts, the browser) is printed with the stage's time.
 peak_file=$(mktemp)
-# Three pytest processes per host (markers set in tests/comfy/conftest.py): the tests that load the SDXL-family
-# checkpoint (sdxl), those that start ComfyUI servers of their own (servers: evaluate on two servers), and the rest,
-# so that the in-process SD1.5 model, the SDXL-family model and the servers' models are never in memory together.
+# Three pytest processes per host (markers set in tests/comfy/conftest.py and the test modules): the tests that load
+# the SDXL-family checkpoint (sdxl), those that start ComfyUI servers of their own (servers: HTTP and frontend tests,
+# evaluate on two servers, the DiT examples over HTTP) or run the command line on a checkpoint (cli), and the rest, so that the in-process
+# SD1.5 model, the SDXL-family model, the servers' models and the command line's are never in memory together.
+# The three expressions split the tests: each runs exactly once per host.
 for host in "${hosts[@]}"; do
-    for part in "not sdxl and not servers" "servers" "sdxl"; do
+    for part in "not sdxl and not servers and not cli" "(servers or cli) and not sdxl" "sdxl"; do
         stage "ComfyUI $(basename "$host") tests (-m \"$part\")" "$PY" tests/peak_memory.py --peak-file "$peak_file" \
             -- env COMFYUI_PATH="$host/ComfyUI" "$host/venv/bin/python" -m pytest -q -m "$part" tests/comfy
         summary[${#summary[@]}-1]+="  peak $(cat "$peak_file" 2>/dev/null || echo '?') GiB"

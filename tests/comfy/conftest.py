@@ -39,8 +39,9 @@ _SERVERS: list[comfy_support.ComfyServer] = []
 
 #: Fixtures that load the SDXL-family checkpoint (about 6.6 GB of RAM in float32 on the CPU).
 SDXL_FIXTURES = ("vega_loaded", "vega_ckpt_path")
-#: Fixtures that start several ComfyUI servers of their own, each loading the SD1.5 checkpoint (``evaluate``).
-SERVER_FIXTURES = ("eval_world",)
+#: Fixtures that start ComfyUI servers of their own: the session's server (HTTP, frontend; it loads SD1.5 in float32
+#: and saves checkpoints), the two of ``evaluate`` (SD1.5 each) and the DiT examples' server (``test_dit_http.py``).
+SERVER_FIXTURES = ("eval_world", "dit_server", "comfy_server")
 
 
 def uses_sdxl(item: pytest.Item) -> bool:
@@ -52,8 +53,9 @@ def uses_sdxl(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the tests that load the SDXL-family checkpoint ``sdxl`` and those that start servers of their own
-    ``servers`` (``tests/run_all.sh`` runs each group in a pytest process of its own, so that the in-process
-    SD1.5 model, the SDXL-family model and the evaluate servers' models are never in memory together), and skip
+    ``servers`` (``tests/run_all.sh`` runs the ``sdxl`` tests, and the ``servers`` and ``cli`` tests, in pytest
+    processes of their own, so that the in-process SD1.5 model, the SDXL-family model, the servers' models and the
+    command line's are never in memory together; ``cli`` is set in the test modules), and skip
     every test in this folder at collection when COMFYUI_PATH is unset or not a ComfyUI checkout."""
     for item in items:
         if _in_this_folder(item) and uses_sdxl(item):
@@ -193,6 +195,17 @@ def sd15_loaded(comfy_inprocess: comfy_support.InProcessComfy, sd15_ckpt_path: P
     t0 = time.perf_counter()
     loaded = comfy_support.load_checkpoint(sd15_ckpt_path)
     log.info("SD1.5 fixture loaded in-process in %.1f s", time.perf_counter() - t0)
+    yield loaded
+    del loaded
+    comfy_support.free_models()
+
+
+@pytest.fixture
+def sd15_own(comfy_inprocess: comfy_support.InProcessComfy, sd15_ckpt_path: Path):
+    """(MODEL, CLIP, VAE) of the SD1.5 fixture loaded for one test and freed after it, for the tests that first run
+    a command that loads the checkpoint itself (marker ``cli``): request it after the command with
+    ``request.getfixturevalue``, so that the command's copy and this one are never in memory together."""
+    loaded = comfy_support.load_checkpoint(sd15_ckpt_path)
     yield loaded
     del loaded
     comfy_support.free_models()

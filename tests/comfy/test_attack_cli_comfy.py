@@ -8,6 +8,10 @@ import os
 import subprocess
 
 import comfy_support
+import pytest
+
+#: The command loads its own SD1.5: tests/run_all.sh runs this apart from the in-process SD1.5 model.
+pytestmark = pytest.mark.cli
 
 KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v"
 

@@ -21,6 +21,11 @@ import pytest
 
 log = logging.getLogger("scapre.comfy_tests")
 
+#: Every test here runs the command line, which loads a checkpoint in a process of its own: tests/run_all.sh runs
+#: them apart from the in-process SD1.5 model (with the servers' tests; the SDXL-family one with the sdxl tests), and
+#: a test that needs the model in-process too loads it after the command (``sd15_own``), not beside it.
+pytestmark = pytest.mark.cli
+
 CONCEPTS = "cat\ngolden retriever\n"
 
 
@@ -98,7 +103,7 @@ def _assert_same_as_lora(c, diffs: dict, lora_path: Path) -> None:
 # erase
 # ------------------------------------------------------------------------------------------------
 
-def test_erase_lora_equals_the_node_edit_sd15(scapre_nodes, sd15_loaded, sd15_ckpt_path, comfy_path, comfy_python,
+def test_erase_lora_equals_the_node_edit_sd15(request, scapre_nodes, sd15_ckpt_path, comfy_path, comfy_python,
                                               tmp_path):
     concepts = tmp_path / "concepts.txt"
     concepts.write_text(CONCEPTS)
@@ -108,7 +113,7 @@ def test_erase_lora_equals_the_node_edit_sd15(scapre_nodes, sd15_loaded, sd15_ck
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote LoRA {lora} (32 matrices, exact)" in result.stdout
     assert "erase" in result.stderr  # the progress bar
-    model, clip, _ = sd15_loaded
+    model, clip, _ = request.getfixturevalue("sd15_own")  # after the command: one SD1.5 in RAM at a time
     _, diffs = _node_edit(scapre_nodes, model, clip, preset="artists")
     _assert_same_as_lora(scapre_nodes, diffs, lora)
     report = json.loads(lora.with_name("no_cats.scapre.json").read_text())
@@ -120,7 +125,7 @@ def test_erase_lora_equals_the_node_edit_sd15(scapre_nodes, sd15_loaded, sd15_ck
     assert sorted(p.name for p in tmp_path.iterdir()) == ["concepts.txt", "no_cats.safetensors", "no_cats.scapre.json"]
 
 
-def test_erase_checkpoint_from_a_csv_with_settings_equals_the_node_edit(scapre_nodes, sd15_loaded, sd15_ckpt_path,
+def test_erase_checkpoint_from_a_csv_with_settings_equals_the_node_edit(request, scapre_nodes, sd15_ckpt_path,
                                                                         comfy_path, comfy_python, tmp_path):
     """A paper CSV's class column as the concepts and a settings JSON over a preset; the checkpoint holds
     original + edit on exactly the K/V weights and the original everywhere else."""
@@ -140,7 +145,7 @@ def test_erase_checkpoint_from_a_csv_with_settings_equals_the_node_edit(scapre_n
     assert "no GPU found: running on the CPU" in result.stderr
     assert "erase:" not in result.stderr and "%|" not in result.stderr  # -q: no progress bars
     assert "ScaPre Erase:" not in result.stderr  # nor our info lines (ComfyUI's own warnings may remain)
-    model, clip, _ = sd15_loaded
+    model, clip, _ = request.getfixturevalue("sd15_own")  # after the command: one SD1.5 in RAM at a time
     values = {**_core(scapre_nodes).presets.preset_config("many-objects", 1.0, 4).to_dict(), "p": 6.0, "ased": True}
     _, diffs = _node_edit(scapre_nodes, model, clip, settings={"edit": "values only", **values})
     assert len(diffs) == 16 and all(k.endswith("to_v.weight") for k in diffs)
@@ -217,6 +222,9 @@ ROWS = [("an image of a cat", 11, "cat"), ("a photo of a dog", 12, "dog"), ("a c
         ("a dog in a park", 14, "dog"), ("a cat in the snow", 15, "cat"), ("a dog on a beach", 16, "dog"),
         ("a sleeping cat", 17, "cat"), ("a running dog", 18, "dog")]
 EVAL_ARGS = ("--steps", "1", "--cfg", "2.0", "--width", "64", "--height", "64", "-q")
+#: The two servers keep the UNet's weights in float16 (ComfyUI casts them to float32 per layer on the CPU): about
+#: 1.6 GB less each. The tests compare the servers' images with each other, never with a float32 run.
+SERVER_ARGS = ("--fp16-unet",)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +249,8 @@ def eval_world(sd15_ckpt_path, comfy_path, comfy_python, tmp_path_factory):
     def start(i: int):
         generation[0] += 1
         server = comfy_support.ComfyServer(comfy_path, root / f"server{i}-{generation[0]}", python=comfy_python,
-                                           model_dirs={"checkpoints": [sd15_ckpt_path.parent], "loras": [loras]})
+                                           model_dirs={"checkpoints": [sd15_ckpt_path.parent], "loras": [loras]},
+                                           extra_args=SERVER_ARGS)
         servers[i] = server.start(timeout=300)
         return servers[i]
 

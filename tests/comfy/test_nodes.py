@@ -470,9 +470,10 @@ def test_settings_node_replaces_preset_strength_and_seed(scapre_nodes, sd15_load
 # SDXL family
 # ------------------------------------------------------------------------------------------------
 
-def test_sdxl_family_edit_and_width_mismatch(scapre_nodes, sd15_loaded, vega_loaded):
+def test_sdxl_family_edit_and_width_mismatch(request, scapre_nodes, vega_ckpt_path):
+    """The SDXL-family model is loaded here and freed before the SD1.5 one is requested: never both in RAM."""
     c = scapre_nodes
-    model, clip, _ = vega_loaded
+    model, clip, vae = comfy_support.load_checkpoint(vega_ckpt_path)
     (concepts,) = _encode(c, clip, concepts="Van Gogh", concept_type="style", expand_templates=True,
                           guide="art", preserve="", probes="Claude Monet")
     assert concepts.width == 2048 and len(concepts.plan.prompts) == 6
@@ -480,5 +481,8 @@ def test_sdxl_family_edit_and_width_mismatch(scapre_nodes, sd15_loaded, vega_loa
     kv = comfy_support.attn2_kv_shapes(model)
     assert set(edited.patches) == set(kv) and len(kv) == 30
     assert len(report.matrices) == 30
+    del model, clip, vae, edited, report
+    comfy_support.free_models()
+    sd15_model = request.getfixturevalue("sd15_loaded")[0]
     with pytest.raises(ValueError, match="encoded 2048 wide but this model's cross-attention reads"):
-        _erase(c, sd15_loaded[0], concepts)
+        _erase(c, sd15_model, concepts)
