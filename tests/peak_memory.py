@@ -2,10 +2,13 @@
 
     python3 tests/peak_memory.py [--log FILE] [--peak-file FILE] -- COMMAND [ARG ...]
 
-Every 0.5 s it adds up the resident memory (RSS) of the command and all its descendants (pytest, the ComfyUI
-servers and command-line runs it starts, the browser) from ``/proc``, and prints the peak of that sum on one
-line at the end: ``peak memory of the process tree: 7.9 GiB (at 312 s)``. With ``--log`` it also writes
-``seconds,GiB`` samples. The command's exit code is passed on. ``/usr/bin/time -v`` reports only the largest
+Every 0.5 s it adds up the memory of the command and all its descendants (pytest, the ComfyUI servers and
+command-line runs it starts, the browser) from ``/proc``, two ways, and prints the peak of each at the end:
+``peak memory of the process tree: RSS 7.9 GiB (at 312 s), PSS 7.1 GiB (at 310 s)``. RSS adds each process's
+resident pages, so a page shared by several processes (the same checkpoint file mapped by two ComfyUI servers)
+counts once per process; PSS (``/proc/PID/smaps_rollup``) splits each shared page between the processes that
+share it, so the sum is the memory the tree occupies. With ``--log`` it also writes ``seconds,RSS GiB,PSS GiB``
+samples. The command's exit code is passed on. ``/usr/bin/time -v`` reports only the largest
 single process, which misses servers and subprocesses running beside the tests.
 """
 
@@ -48,10 +51,27 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def tree_pss(root: int) -> int:
+    """Bytes of ``root`` and every descendant now, shared pages split between their sharers (0 where the kernel has
+    no ``smaps_rollup``)."""
+    tree, total, todo = _children(), 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            for line in (Path("/proc") / str(pid) / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except (OSError, IndexError, ValueError):
+            pass
+        todo.extend(tree.get(pid, []))
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", help="write 'seconds,GiB' samples here")
-    parser.add_argument("--peak-file", help="write the peak (GiB, one number) here")
+    parser.add_argument("--peak-file", help="write the peaks here ('RSS x, PSS y', GiB)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -59,15 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given")
     start = time.monotonic()
     proc = subprocess.Popen(command)
-    peak, peak_at, samples, done = 0, 0.0, [], threading.Event()
+    peak, peak_at, pss_peak, pss_at, samples, done = 0, 0.0, 0, 0.0, [], threading.Event()
 
     def sample() -> None:
-        nonlocal peak, peak_at
+        nonlocal peak, peak_at, pss_peak, pss_at
         while not done.wait(0.5):
-            now, rss = time.monotonic() - start, tree_rss(proc.pid)
-            samples.append((now, rss))
+            now, rss, pss = time.monotonic() - start, tree_rss(proc.pid), tree_pss(proc.pid)
+            samples.append((now, rss, pss))
             if rss > peak:
                 peak, peak_at = rss, now
+            if pss > pss_peak:
+                pss_peak, pss_at = pss, now
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -75,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     done.set()
     sampler.join()
     if args.peak_file:
-        Path(args.peak_file).write_text(f"{peak / 2**30:.1f}\n", encoding="utf-8")
+        Path(args.peak_file).write_text(f"RSS {peak / 2**30:.1f}, PSS {pss_peak / 2**30:.1f}\n", encoding="utf-8")
     if args.log:
-        Path(args.log).write_text("".join(f"{t:.1f},{r / 2**30:.3f}\n" for t, r in samples), encoding="utf-8")
-    print(f"peak memory of the process tree: {peak / 2**30:.1f} GiB (at {peak_at:.0f} s of "
-          f"{time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+        Path(args.log).write_text("".join(f"{t:.1f},{r / 2**30:.3f},{p / 2**30:.3f}\n" for t, r, p in samples),
+                                  encoding="utf-8")
+    print(f"peak memory of the process tree: RSS {peak / 2**30:.1f} GiB (at {peak_at:.0f} s), PSS "
+          f"{pss_peak / 2**30:.1f} GiB (at {pss_at:.0f} s) of {time.monotonic() - start:.0f} s", file=sys.stderr,
+          flush=True)
     return code
 
 

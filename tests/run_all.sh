@@ -85,7 +85,7 @@ for host in "${hosts[@]}"; do
     for part in "not sdxl and not servers and not cli" "(servers or cli) and not sdxl" "sdxl"; do
         stage "ComfyUI $(basename "$host") tests (-m \"$part\")" "$PY" tests/peak_memory.py --peak-file "$peak_file" \
             -- env COMFYUI_PATH="$host/ComfyUI" "$host/venv/bin/python" -m pytest -q -m "$part" tests/comfy
-        summary[${#summary[@]}-1]+="  peak $(cat "$peak_file" 2>/dev/null || echo '?') GiB"
+        summary[${#summary[@]}-1]+="  peak $(cat "$peak_file" 2>/dev/null || echo '?') GiB"  # RSS and PSS sums
     done
 done
 rm -f "$peak_file"

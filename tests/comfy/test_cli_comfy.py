@@ -1,6 +1,5 @@
-"""``python -m comfyui-scapre`` against a real ComfyUI: ``erase`` on the random SD1.5 and SDXL-family checkpoints (the
-saved edit equals the nodes' edit; Ctrl-C leaves nothing), ``evaluate`` on two ComfyUI servers started here
-(same images on one or two servers, a server killed mid-run, stop and resume, the page in Chromium)."""
+"""``python -m comfyui-scapre evaluate`` on two ComfyUI servers started here (same images on one or two servers, a
+server killed mid-run, stop and resume, the page in Chromium)."""
 
 from __future__ import annotations
 
@@ -9,209 +8,21 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import browser_support
 import comfy_support
 import pytest
+from cli_support import CUSTOM_NODES, MODULE, _cli, _ctrl_c_as_at_a_terminal, _env
 
 log = logging.getLogger("scapre.comfy_tests")
 
 #: Every test here runs the command line, which loads a checkpoint in a process of its own: tests/run_all.sh runs
-#: them apart from the in-process SD1.5 model (with the servers' tests; the SDXL-family one with the sdxl tests), and
-#: a test that needs the model in-process too loads it after the command (``sd15_own``), not beside it.
+#: them apart from the in-process SD1.5 model, with the servers' tests. The erase commands are in
+#: ``test_cli_erase_comfy.py``, which runs after this module: its tests load SD1.5 in-process after each command,
+#: and the memory that leaves in the test process stays out of the two evaluate servers' way.
 pytestmark = pytest.mark.cli
-
-CONCEPTS = "cat\ngolden retriever\n"
-
-
-def _custom_nodes() -> Path:
-    """A ``custom_nodes`` folder holding the pack (a link named as ComfyUI users clone it): the command's cwd."""
-    folder = Path(tempfile.gettempdir()) / f"scapre-cli-custom-nodes-{os.getpid()}"
-    folder.mkdir(exist_ok=True)
-    comfy_support.make_pack_link(folder)
-    return folder
-
-
-CUSTOM_NODES = _custom_nodes()
-MODULE = comfy_support.PACK_LINK_NAME  # python -m <the pack's folder name>
-
-
-def _env(comfy_path: Path) -> dict:
-    return dict(os.environ, COMFYUI_PATH=str(comfy_path), PYTHONUNBUFFERED="1")
-
-
-def _cli(comfy_path: Path, python: str, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    t0 = time.perf_counter()
-    result = subprocess.run([python, "-m", MODULE, *args], cwd=CUSTOM_NODES, env=_env(comfy_path),
-                            capture_output=True, text=True, timeout=timeout)
-    log.info("python -m comfyui-scapre %s: exit %d in %.1f s", args[0], result.returncode, time.perf_counter() - t0)
-    return result
-
-
-def _ctrl_c_as_at_a_terminal() -> None:
-    """In the child: SIGINT raises KeyboardInterrupt, as at a terminal. A test suite started in the background
-    by a shell (``cmd &``) inherits SIGINT ignored, and a Ctrl-C test would then see the command run on."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _core(c):
-    import sys
-
-    return sys.modules[c.pack_module().__name__ + ".scapre_core"]
-
-
-def _node_edit(c, model, clip, preset="custom", settings=None, **encode):
-    """The nodes' edit: ScaPre Concept Encode + ScaPre Erase (preset, or ScaPre Settings), as a workflow does."""
-    args = dict(concept_type="object", expand_templates=False, templates="", guide="", preserve="", probes="")
-    args.update(encode)
-    (concepts,) = c.run_node("ScaPreConceptEncode", clip=clip, concepts=CONCEPTS, **args)
-    extra = {}
-    if settings is not None:
-        (extra["settings"],) = c.run_node("ScaPreSettings", **settings)
-    edited = c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset=preset, strength=1.0, seed=0,
-                        **extra)[0]
-    return edited, edited.model_options["scapre_edits"][-1].diffs
-
-
-def _lora_diffs(c, path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    lora = sys.modules[c.pack_module().__name__ + ".nodes.glue.lora_file"]
-    tensors = load_file(str(path))
-    names = {}
-    for key in tensors:
-        assert key.endswith(".diff"), key
-        names[key[: -len(".diff")]] = tensors[key]
-    return names, lora.lora_name
-
-
-def _assert_same_as_lora(c, diffs: dict, lora_path: Path) -> None:
-    import torch
-
-    tensors, lora_name = _lora_diffs(c, lora_path)
-    assert set(tensors) == {lora_name(k) for k in diffs}
-    for key, diff in diffs.items():
-        assert torch.equal(tensors[lora_name(key)], diff.float()), key
-
-
-# ------------------------------------------------------------------------------------------------
-# erase
-# ------------------------------------------------------------------------------------------------
-
-def test_erase_lora_equals_the_node_edit_sd15(request, scapre_nodes, sd15_ckpt_path, comfy_path, comfy_python,
-                                              tmp_path):
-    concepts = tmp_path / "concepts.txt"
-    concepts.write_text(CONCEPTS)
-    lora = tmp_path / "no_cats.safetensors"
-    result = _cli(comfy_path, comfy_python, "erase", str(sd15_ckpt_path), "--concepts", str(concepts),
-                  "--lora", str(lora), "--preset", "artists", "--cpu")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote LoRA {lora} (32 matrices, exact)" in result.stdout
-    assert "erase" in result.stderr  # the progress bar
-    model, clip, _ = request.getfixturevalue("sd15_own")  # after the command: one SD1.5 in RAM at a time
-    _, diffs = _node_edit(scapre_nodes, model, clip, preset="artists")
-    _assert_same_as_lora(scapre_nodes, diffs, lora)
-    report = json.loads(lora.with_name("no_cats.scapre.json").read_text())
-    assert report["edits"][0]["concepts"] == ["cat", "golden retriever"]
-    assert report["edits"][0]["config"] == _core(scapre_nodes).presets.preset_config("artists").to_dict()
-    weights = report["edits"][0]["report"]["info"]["weights"]  # the model's format and the surviving fraction
-    assert (weights["format"], weights["methods"]) == ("float32", "patch")
-    assert weights["surviving"] == pytest.approx(1.0, abs=1e-6) and weights["error"] < 1e-6
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["concepts.txt", "no_cats.safetensors", "no_cats.scapre.json"]
-
-
-def test_erase_checkpoint_from_a_csv_with_settings_equals_the_node_edit(request, scapre_nodes, sd15_ckpt_path,
-                                                                        comfy_path, comfy_python, tmp_path):
-    """A paper CSV's class column as the concepts and a settings JSON over a preset; the checkpoint holds
-    original + edit on exactly the K/V weights and the original everywhere else."""
-    import torch
-    from safetensors import safe_open
-
-    csv_path = tmp_path / "classes.csv"
-    csv_path.write_text("case_number,prompt,class,evaluation_seed\n0,an image of a cat,cat,1\n"
-                        "1,a photo of a cat,cat,2\n2,an image of a golden retriever,golden retriever,3\n")
-    settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"p": 6.0, "ased": True, "edit": "values only"}))
-    out = tmp_path / "edited.safetensors"
-    # no --cpu: on this machine without a GPU the command picks the CPU itself and says so
-    result = _cli(comfy_path, comfy_python, "erase", str(sd15_ckpt_path), "--concepts", str(csv_path),
-                  "--out", str(out), "--preset", "many-objects", "--settings", str(settings), "--seed", "4", "-q")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "no GPU found: running on the CPU" in result.stderr
-    assert "erase:" not in result.stderr and "%|" not in result.stderr  # -q: no progress bars
-    assert "ScaPre Erase:" not in result.stderr  # nor our info lines (ComfyUI's own warnings may remain)
-    model, clip, _ = request.getfixturevalue("sd15_own")  # after the command: one SD1.5 in RAM at a time
-    values = {**_core(scapre_nodes).presets.preset_config("many-objects", 1.0, 4).to_dict(), "p": 6.0, "ased": True}
-    _, diffs = _node_edit(scapre_nodes, model, clip, settings={"edit": "values only", **values})
-    assert len(diffs) == 16 and all(k.endswith("to_v.weight") for k in diffs)
-    entries = model.get_key_patches("diffusion_model.")
-    with safe_open(str(sd15_ckpt_path), "pt") as src:
-        source_dtypes = {k: src.get_slice(k).get_dtype() for k in src.keys()}
-    with safe_open(str(out), "pt") as fh:
-        recorded = json.loads(fh.metadata()["scapre"])
-        assert recorded["format"] == "scapre-metadata/1" and recorded["concepts"] == ["cat", "golden retriever"]
-        assert recorded["edits"][0]["used"]["source"] == "command line"
-        saved_dtypes = {k: fh.get_slice(k).get_dtype() for k in fh.keys()}
-        for key, diff in diffs.items():
-            original = entries[key][0][0].float()
-            saved = fh.get_tensor("model." + key)
-            assert saved.dtype == torch.float16, key  # the checkpoint's own dtype, not ComfyUI's CPU float32
-            assert torch.equal(saved, (original + diff).half()), key
-        for key in [k.replace("to_v", "to_k") for k in list(diffs)[:2]] + [next(iter(diffs)).replace("to_v", "to_q")]:
-            assert torch.equal(fh.get_tensor("model." + key).float(), entries[key][0][0].float()), key
-    shared = set(source_dtypes) & set(saved_dtypes)
-    assert len(shared) > 0.9 * len(source_dtypes)
-    assert [k for k in shared if source_dtypes[k] != saved_dtypes[k]] == []
-    assert out.stat().st_size < 1.1 * sd15_ckpt_path.stat().st_size  # 2.0 GiB in, not 4 GiB of float32 out
-    out.unlink()
-
-
-def test_erase_lora_on_the_sdxl_family(request, scapre_nodes, vega_ckpt_path, comfy_path, comfy_python, tmp_path):
-    concepts = tmp_path / "concepts.txt"
-    concepts.write_text(CONCEPTS)
-    lora = tmp_path / "vega.safetensors"
-    result = _cli(comfy_path, comfy_python, "erase", str(vega_ckpt_path), "--concepts", str(concepts),
-                  "--lora", str(lora), "--preset", "explicit", "-q", "--cpu")  # the CLI first: one SDXL in RAM
-    assert result.returncode == 0, result.stderr[-3000:]
-    model, clip, _ = request.getfixturevalue("vega_loaded")
-    _, diffs = _node_edit(scapre_nodes, model, clip, preset="explicit")
-    assert len(diffs) == 30
-    _assert_same_as_lora(scapre_nodes, diffs, lora)
-
-
-def test_ctrl_c_leaves_no_file(sd15_ckpt_path, comfy_path, comfy_python, tmp_path):
-    concepts = tmp_path / "concepts.txt"
-    concepts.write_text(CONCEPTS)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    proc = subprocess.Popen([comfy_python, "-m", MODULE, "erase", str(sd15_ckpt_path), "--concepts", str(concepts),
-                             "--out", str(out_dir / "c.safetensors"), "--lora", str(out_dir / "l.safetensors"),
-                             "--cpu"], cwd=CUSTOM_NODES, env=_env(comfy_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_at_a_terminal)
-    seen = bytearray()
-    started = threading.Event()
-
-    def read() -> None:
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
-            seen.extend(chunk)
-            if b"erase:" in seen:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(900), seen.decode(errors="replace")[-3000:]
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends; the edit is under way, nothing is written yet
-    code = proc.wait(600)
-    reader.join(10)
-    text = seen.decode(errors="replace")
-    assert code == 130, text[-3000:]
-    assert text.strip().splitlines()[-1].endswith("interrupted; no partial file was left")
-    assert list(out_dir.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------
