@@ -38,34 +38,39 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss(root: int) -> int:
-    """Bytes resident in ``root`` and every descendant now."""
+def _tree_sum(root: int, of_process) -> int:
+    """``of_process(pid)`` summed over ``root`` and every descendant now (a process that is gone counts 0)."""
     tree, total, todo = _children(), 0, [root]
     while todo:
         pid = todo.pop()
         try:
-            total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * PAGE
+            total += of_process(Path("/proc") / str(pid))
         except (OSError, IndexError, ValueError):
             pass
         todo.extend(tree.get(pid, []))
     return total
+
+
+def _rss(proc: Path) -> int:
+    return int((proc / "statm").read_text().split()[1]) * PAGE
+
+
+def _pss(proc: Path) -> int:
+    for line in (proc / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_rss(root: int) -> int:
+    """Bytes resident in ``root`` and every descendant now."""
+    return _tree_sum(root, _rss)
 
 
 def tree_pss(root: int) -> int:
     """Bytes of ``root`` and every descendant now, shared pages split between their sharers (0 where the kernel has
     no ``smaps_rollup``)."""
-    tree, total, todo = _children(), 0, [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            for line in (Path("/proc") / str(pid) / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except (OSError, IndexError, ValueError):
-            pass
-        todo.extend(tree.get(pid, []))
-    return total
+    return _tree_sum(root, _pss)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
     import miniworld  # noqa: F401  (its __init__ imports benchmarks/pack.py, which registers scapre_core)
 
 from scapre_core import ScaPreConfig
+from scapre_core.evaluation.recovery import wilson
 from scapre_core.presets import BEYOND_THE_PAPER, PRESETS, preset_config
 
 from .evaluate import (
@@ -73,7 +74,6 @@ from .evaluate import (
     edited_unet,
     focus_concept_set,
     read,
-    wilson,
 )
 from .probe import probe_world
 from .train import JudgeConfig, cache_dir, get_judge, load_world

@@ -38,10 +38,11 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
     import miniworld  # noqa: F401
 
 from scapre_core import ConceptSet, erase
+from scapre_core.evaluation.recovery import wilson
 from scapre_core.report import ReportBuilder
 
 from .bench import CONCEPT_SETS, SIZES, Method, _reads_concept, build_case
-from .evaluate import Ask, concept_set, draw, focus_concept_set, read, wilson
+from .evaluate import Ask, concept_set, draw, focus_concept_set, read, unet_with
 from .model import cross_attention_weights
 from .train import JudgeConfig, cache_dir, get_judge
 from .world import prompt
@@ -122,7 +123,7 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
         for m in methods:
             cs = sets["focus" if m.config(seed).variant == "focus" else "plain"]
             eff, eff_context, edited = efficacies(world, cs, m, seed, context)
-            unet = _with(world, edited)
+            unet = unet_with(world, edited)
             reading = read(judge, draw(world, asks, seed, unet=unet, steps=steps, guidance=guidance), asks)
             for i, (_, concept) in enumerate(erased):
                 p = points[(m, concept)]
@@ -145,14 +146,6 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
     for p in out:  # a concept the unedited model rarely draws says nothing about what an edit removed
         p["counts"] = p["concept"] in drawn and p["method"] != "unedited"
     return out
-
-
-def _with(world, edited: dict[str, torch.Tensor]):
-    import copy
-
-    unet = copy.deepcopy(world.unet)
-    unet.load_state_dict(edited, strict=False)
-    return unet
 
 
 PREDICTORS = ("efficacy", "efficacy_context")

@@ -11,7 +11,6 @@ contexts after its text projection, or on its text-input projection ``txt_in``, 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -154,23 +153,16 @@ def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int =
 def edited_unet(world: World, concepts: ConceptSet, config: ScaPreConfig) -> UNet:
     """A copy of the world's denoiser with every weight of :func:`cross_attention_weights` edited by ``scapre_core``
     (a UNet's ``attn2.to_k`` / ``attn2.to_v``, a DiT's ``cross_attn.k`` / ``.v`` or ``txt_in``)."""
-    edited = erase(cross_attention_weights(world.unet), concepts, config)
+    return unet_with(world, erase(cross_attention_weights(world.unet), concepts, config))
+
+
+def unet_with(world: World, edited: dict[str, torch.Tensor]) -> UNet:
+    """A copy of the world's denoiser with the weights ``edited`` (names of :func:`cross_attention_weights`)."""
     unet = copy.deepcopy(world.unet)
     _missing, unexpected = unet.load_state_dict(edited, strict=False)
     if unexpected:
         raise RuntimeError(f"edit returned unknown weights {unexpected}")
     return unet
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95 % by default); (nan, nan) when ``n`` is 0."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def all_asks(templates: tuple[int, ...] = (1,), styles: tuple[str, ...] = STYLES) -> list[Ask]:
