@@ -302,7 +302,12 @@ DIT_CASES = {
     "flux_50": (1, ((3072, 4096),), 256, (4, 24), "distinct", None, (3072, 768)),
     "sd35l_50": (1, ((2432, 4096),), 154, (4, 24), "distinct", None, (2432, 2048)),
     "qwen_50": (1, ((3072, 3584),), 40, (4, 24), "masked", None, None),
+    # HiDream I1: caption_projection.48 (T5, 128 rows) here; the 48 projections over Llama-3.1 layers (128 rows
+    # each, HIDREAM_LLAMA_LAYERS) are streams of their own, added by run_dit_case
+    "hidream_50": (1, ((2560, 4096),), 128, (4, 24), "distinct", None, (2560, 2048)),
 }
+#: HiDream I1's llama_layers (ComfyUI's detection): caption_projection.<i> reads Llama layer HIDREAM_LLAMA_LAYERS[i].
+HIDREAM_LLAMA_LAYERS = tuple(range(32)) + (31,) * 16
 
 
 class LazyWeights(dict):
@@ -391,6 +396,16 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
     text_seconds, text_cpu = time.perf_counter() - start, _cpu_seconds() - text_cpu
     shapes = {f"blocks.{b}.m{i}.weight": s for b in range(blocks) for i, s in enumerate(per_block)}
     streams = [("text", sets, LazyWeights(shapes))]
+    if name == "hidream_50":  # one stream per Llama-3.1 layer, with the projections that read it
+        for layer in sorted(set(HIDREAM_LLAMA_LAYERS)):
+            layer_plan, layer_encodings = t5_like_encodings(name, seed=1 + layer)
+            layer_start, layer_cpu = time.perf_counter(), _cpu_seconds()
+            layer_sets = stream_sets(layer_plan, layer_encodings, "cond").erase
+            text_seconds += time.perf_counter() - layer_start
+            text_cpu += _cpu_seconds() - layer_cpu
+            mine = {f"caption_projection.{i}.weight": per_block[0]
+                    for i, k in enumerate(HIDREAM_LLAMA_LAYERS) if k == layer}
+            streams.append((f"llama layer {layer}", layer_sets, LazyWeights(mine)))
     if pooled is not None:
         pooled_sets = stream_sets(plan, encodings, "pooled").erase
         streams.append(("pooled", pooled_sets, LazyWeights({"pooled.weight": pooled})))

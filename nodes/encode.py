@@ -9,8 +9,9 @@ from .common import CATEGORY, Concepts, log, progress
 from .glue.encode import LOOK_ALIKES, encode_concepts
 
 CLIP_TIP = ("The text encoder of the model you will edit: the checkpoint's CLIP, or the CLIPLoader / DualCLIPLoader "
-            "/ TripleCLIPLoader output of a DiT (umT5 for Wan, T5 for LTX-Video/PixArt/Chroma, CLIP-L + T5 for Flux, "
-            "CLIP-L + CLIP-G + T5 for SD3, Qwen2.5-VL for Qwen-Image).")
+            "/ TripleCLIPLoader / QuadrupleCLIPLoader output of a DiT (umT5 for Wan, T5 for LTX-Video/PixArt/Chroma, "
+            "CLIP-L + T5 for Flux, CLIP-L + CLIP-G + T5 for SD3, Qwen2.5-VL for Qwen-Image, CLIP-L + CLIP-G + T5 + "
+            "Llama-3.1 for HiDream).")
 
 
 class ScaPreConceptEncode(io.ComfyNode):

@@ -26,7 +26,7 @@ LEGACY_FIELDS = CONFIG_FIELDS[:CONFIG_FIELDS.index("precision") + 1]
 
 MODEL_TIP = ("The model to edit. ScaPre as published (cross-attention keys/values): SD1.x, SD2.x, SDXL, Wan 2.1/2.2, "
              "LTX-Video, PixArt. Beyond the paper (the text-input projection, measured on weights only, not on "
-             "images; docs/dit-models.md): Flux, Chroma, SD3/3.5, Qwen-Image. Other models are refused.")
+             "images; docs/dit-models.md): Flux, Chroma, SD3/3.5, Qwen-Image, HiDream. Other models are refused.")
 Settings = io.Custom("SCAPRE_SETTINGS")
 FIELD_SEED = FIELD_HELP["seed"]
 
@@ -131,7 +131,8 @@ class ScaPreEraseSimple(io.ComfyNode):
             category=CATEGORY,
             description="Erase the encoded concepts from the model by ScaPre's closed-form edit of the "
                         "cross-attention keys and values (no training data, no extra networks); on Flux, Chroma, "
-                        "SD3/3.5 and Qwen-Image, of the text-input projection instead (beyond the paper). Outputs "
+                        "SD3/3.5, Qwen-Image and HiDream, of the text-input projections instead (beyond the paper). "
+                        "Outputs "
                         "an edited clone; the input MODEL is unchanged. Pick the published setting for what you "
                         "erase; connect ScaPre Settings to set every field yourself.",
             inputs=[

@@ -130,3 +130,58 @@ def test_joint_models_accept_only_keys_and_values():
                                                   ("diffusion_model.vector_in.in_layer.weight", "pooled")]
     with pytest.raises(ValueError, match="use edit 'keys and values'"):
         architectures.edit_targets(None, flux, "values only", shapes)
+
+
+def _hidream_patcher(layers):
+    from types import SimpleNamespace
+
+    class HiDream:
+        pass
+
+    inner = HiDream()
+    inner.diffusion_model = SimpleNamespace(llama_layers=list(layers))
+    return SimpleNamespace(model=inner)
+
+
+def test_hidream_projections_read_their_own_llama_layer():
+    """Each caption projection reads the Llama layer the model's llama_layers names (one stream per distinct
+    layer, shared by the projections that read it), the last one T5; the pooled map reads the pooled vector."""
+    model = _hidream_patcher([0, 1, 1])
+    arch = architectures.architecture(model)
+    key = "diffusion_model.caption_projection.{}.linear.weight"
+    shapes = {key.format(i): (128, 256) for i in range(3)}
+    shapes[key.format(3)] = (128, 4096)
+    shapes["diffusion_model.p_embedder.pooled_embedder.linear_1.weight"] = (128, 2048)
+    streams, targets = arch.layout(model, shapes)
+    assert [(s.name, s.source) for s in streams] == [("text", "cond"), ("llama layer 0", "layers:0"),
+                                                    ("llama layer 1", "layers:1"), ("pooled", "pooled")]
+    assert {t.key: t.stream for t in targets} == {
+        key.format(3): "text", key.format(0): "llama layer 0", key.format(1): "llama layer 1",
+        key.format(2): "llama layer 1", "diffusion_model.p_embedder.pooled_embedder.linear_1.weight": "pooled"}
+    assert architectures.stream_width(arch, streams[1], shapes, targets) == 256
+    assert len(architectures.edit_targets(model, arch, "keys and values", shapes)) == 5
+    with pytest.raises(ValueError, match="4 caption projections and llama_layers"):
+        arch.layout(_hidream_patcher([0, 1]), shapes)
+
+
+def test_a_layer_stream_aligns_like_a_clip_segment():
+    """``layers:<k>`` takes layer k of each prompt's per-layer output and aligns it as one segment with a start
+    token (HiDream's Llama-3.1), the same as that layer given as the conditioning itself."""
+    T, plan = 6, plan_prompts("cat")
+    seg = lambda last: Segment(("llama",), 0, T, T, last, True)  # noqa: E731
+
+    def enc(base, last):
+        layers = torch.stack([_rows([base + 10 * k + i for i in range(T)]) for k in range(2)])
+        t5 = Segment(("t5xxl",), 0, 3, 3, None if last is None else 0, False)
+        return Encoding(_rows([0, 0, 0]), 3, (t5,), None, layers, seg(last))
+
+    encodings = {"": enc(500, None), "cat": enc(100, 2)}
+    got = stream_sets(plan, encodings, "layers:1").erase
+    plain = {t: Encoding(compress_tail(e.layers[1]), T, (seg(e.layer_segment.last_word),))
+             for t, e in encodings.items()}
+    want = stream_sets(plan, plain).erase
+    for a, b in zip(got.contexts + got.targets, want.contexts + want.targets, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(got.concept_vecs, want.concept_vecs) and float(got.concept_vecs[0, 0]) == 100 + 10 + 2
+    with pytest.raises(ValueError, match="no per-layer output"):
+        stream_sets(plan, plain, "layers:0")

@@ -11,7 +11,7 @@ Two kinds of knowledge, both keyed by ComfyUI class names:
 
 Cross-attention DiTs (Wan, LTX-Video, PixArt, Cosmos Predict2) get ScaPre as published: every block's key/value
 projection reads a text context that is fixed per prompt (the text encoder's output passed through the model's own
-text projection). Joint-attention DiTs (Flux, Chroma, SD3, Qwen-Image) have no such per-block
+text projection). Joint-attention DiTs (Flux, Chroma, SD3, Qwen-Image, HiDream) have no such per-block
 maps: the text stream is changed by every block, and the only weights that read the text encoder's tokens
 directly are the text-input projection (and the pooled-vector map). Editing those with the same closed
 form is beyond the paper (UCE's 2025 rewrite edits the same maps); see docs/dit-models.md.
@@ -49,13 +49,17 @@ class ClipLayout:
     token: ``"word_ids"`` (the tokenizer's word ids, as CLIPTextEncode's weighting uses them) or
     ``"qwen_template"`` (the token before the template's ``<|im_end|>``). ``pooled``: some model reads this
     CLIP's pooled output (prompts are then encoded one per call, since ComfyUI returns only the first
-    pooled vector of a batch)."""
+    pooled vector of a batch). ``layers``: ``(output key, tokenizer key)`` of a per-layer output the encoder
+    gives beside its conditioning (HiDream's Llama-3.1 hidden states, ``[layers, tokens, width]``, one row per
+    token of that tokenizer). ``check(clip)``: raises when the CLIP lacks an encoder the model needs."""
 
     name: str
     description: str
     segments: Callable[[object, dict], tuple[tuple[str, ...], ...]]
     last_word: str = "word_ids"
     pooled: bool = False
+    layers: tuple[str, str] | None = None
+    check: Callable[[object], None] | None = None
 
 
 def _single(clip, tokens: dict) -> tuple[tuple[str, ...], ...]:
@@ -76,11 +80,26 @@ def _sd3(clip, tokens: dict) -> tuple[tuple[str, ...], ...]:
     return tuple(parts)
 
 
+def _hidream_check(clip) -> None:
+    model = clip.cond_stage_model
+    missing = [name for name, sub in (("CLIP-L", "clip_l"), ("CLIP-G", "clip_g"), ("T5-XXL", "t5xxl"),
+                                      ("Llama-3.1", "llama")) if getattr(model, sub, None) is None]
+    if missing:
+        raise ValueError(f"this HiDream text encoder lacks {', '.join(missing)}: ScaPre edits every map HiDream reads "
+                         "text with, so it needs all four text encoders (QuadrupleCLIPLoader: CLIP-L, CLIP-G, "
+                         "T5-XXL, Llama-3.1 8B)")
+
+
+#: HiDream's per-layer Llama-3.1 output (``conditioning_llama3``) and the tokenizer whose tokens are its rows.
+HIDREAM_LAYERS = ("conditioning_llama3", "llama")
+
 #: By ``cond_stage_model`` class name (the first match in its MRO wins).
 CLIP_LAYOUTS: dict[str, ClipLayout] = {layout.name: layout for layout in (
     ClipLayout("SD3ClipModel", "CLIP-L + CLIP-G + T5-XXL (SD3/SD3.5)", _sd3, pooled=True),
     ClipLayout("FluxClipModel", "CLIP-L + T5-XXL (Flux)", _t5_only, pooled=True),
     ClipLayout("QwenImageTEModel", "Qwen2.5-VL (Qwen-Image)", _single, last_word="qwen_template"),
+    ClipLayout("HiDreamTEModel", "CLIP-L + CLIP-G + T5-XXL + Llama-3.1 (HiDream)", _t5_only, pooled=True,
+               layers=HIDREAM_LAYERS, check=_hidream_check),
     ClipLayout("WanT5Model", "umT5-XXL (Wan)", _single),
     ClipLayout("PixArtT5XXL", "T5-XXL (PixArt, Chroma)", _single),
     ClipLayout("MochiT5XXL", "T5-XXL with attention mask (LTX-Video, Mochi)", _single),
@@ -141,8 +160,9 @@ PREFIX = "diffusion_model."
 
 @dataclass(frozen=True)
 class Stream:
-    """One input the edited weights read: ``source`` ``"cond"`` (the conditioning rows) or ``"pooled"``
-    (the pooled vector), passed through the model's projection (``projection_keys`` read from the model;
+    """One input the edited weights read: ``source`` ``"cond"`` (the conditioning rows), ``"pooled"`` (the
+    pooled vector) or ``"layers:<k>"`` (layer ``k`` of the encoder's per-layer output, ``ClipLayout.layers``),
+    passed through the model's projection (``projection_keys`` read from the model;
     none: the encoder's output as it is). ``masked``: the model drops the rows the encoder's attention
     mask marks as padding, so they are left out of the contexts too."""
 
@@ -178,10 +198,20 @@ class Architecture:
     streams: tuple[Stream, ...]
     targets: Callable[[Mapping[str, tuple[int, ...]]], list[Target]]
     note: str = ""
+    #: ``(model, shapes) -> (streams, targets)`` where they depend on the model's configuration (HiDream: which
+    #: Llama layer each caption projection reads); ``streams`` and ``targets`` are used otherwise.
+    configure: Callable[[object, Mapping[str, tuple[int, ...]]], tuple[tuple[Stream, ...], list[Target]]] | None = \
+        None
 
     @property
     def method(self) -> str:
         return "ScaPre as published" if self.published else "beyond the paper: text-input projection"
+
+    def layout(self, model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[tuple[Stream, ...], list[Target]]:
+        """The streams and target matrices of ``model`` (weight shapes ``shapes``)."""
+        if self.configure is not None:
+            return self.configure(model, shapes)
+        return self.streams, self.targets(shapes)
 
 
 def _matching(shapes: Mapping[str, tuple[int, ...]], pattern: str, kind_group: int | None = None,
@@ -224,6 +254,34 @@ def _single_targets(*pairs: tuple[str, str]):
     def targets(shapes):
         return [Target(PREFIX + key, PREFIX + key, "in", stream) for key, stream in pairs if PREFIX + key in shapes]
     return targets
+
+
+def _hidream_layout(model, shapes):
+    """HiDream: ``caption_projection.<i>`` reads Llama-3.1 layer ``llama_layers[i]`` (one per block), the last one
+    the T5-XXL output; ``p_embedder.pooled_embedder.linear_1`` the CLIP-L + CLIP-G pooled vector. The layer of
+    each projection is the model's own ``llama_layers``."""
+    layers = getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "llama_layers", None)
+    key = PREFIX + "caption_projection.{}.linear.weight"
+    count = 0
+    while key.format(count) in shapes:
+        count += 1
+    if layers is None or count != len(layers) + 1:
+        raise ValueError(f"this HiDream model has {count} caption projections and llama_layers {layers!r} (one "
+                         "projection per entry and one for T5 expected): it may be a variant the pack does not know")
+    text = Stream("text", "cond", key.format(count - 1))
+    pooled = Stream("pooled", "pooled", PREFIX + "p_embedder.pooled_embedder.linear_1.weight")
+    streams, first = [text], {}
+    targets = [Target(key.format(count - 1), key.format(count - 1), "in", "text")]
+    for i, layer in enumerate(layers):
+        name = f"llama layer {int(layer)}"
+        if name not in first:
+            first[name] = i
+            streams.append(Stream(name, f"layers:{int(layer)}", key.format(i)))
+        targets.append(Target(key.format(i), key.format(i), "in", name))
+    if pooled.width_key in shapes:
+        streams.append(pooled)
+        targets.append(Target(pooled.width_key, pooled.width_key, "in", "pooled"))
+    return tuple(streams), targets
 
 
 _WAN_PROJ = mlp_gelu_tanh(PREFIX + "text_embedding.", "0", "2")
@@ -293,6 +351,12 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "the text-input projection txt_in over the context after the model's txt_norm",
         (Stream("text", "cond", PREFIX + "txt_norm.weight", *_QWEN_PROJ, masked=True),),
         _single_targets(("txt_in.weight", "text"))),
+    Architecture(
+        "HiDream", ("HiDream",), "CLIP-L + CLIP-G + T5-XXL + Llama-3.1 8B (QuadrupleCLIPLoader)", ("HiDreamTEModel",),
+        False,
+        "the text-input projections caption_projection (one per block over its Llama-3.1 layer, one over T5) "
+        "and the pooled-vector map p_embedder.pooled_embedder.linear_1 (CLIP-L + CLIP-G pooled)",
+        (), lambda shapes: [], configure=_hidream_layout),
 )
 
 #: Architectures ComfyUI knows that the pack refuses, with why (class name -> reason).
@@ -302,8 +366,6 @@ REFUSED: dict[str, str] = {
     "SV3D_p": "its cross-attention reads CLIP-vision image embeddings, not text",
     "Stable_Zero123": "its cross-attention reads CLIP-vision image embeddings, not text",
     "Flux2": "its Mistral text encoder is not supported yet",
-    "HiDream": "its main text input, the Llama-3.1 stream, is not supported: its tokenizer is missing from the "
-               "ComfyUI sources this pack is tested with, and an edit of the T5 projection alone would leave it",
     "StableAudio1": "it is an audio model",
     "ACEStep": "it is an audio model",
 }
@@ -338,7 +400,7 @@ def edit_targets(model, arch: Architecture, edit: str, shapes: Mapping[str, tupl
     if edit not in EDIT_MODES:
         raise ValueError(f"edit must be one of {list(EDIT_MODES)}, got {edit!r}")
     shapes = weight_shapes(model) if shapes is None else shapes
-    targets = arch.targets(shapes)
+    _, targets = arch.layout(model, shapes)
     if not arch.published:
         if edit != "keys and values":
             raise ValueError(f"edit {edit!r} chooses between key and value projections, but {arch.name} reads its "

@@ -133,18 +133,19 @@ def stream_inputs(model, concepts: EncodedConcepts, edit: str = "keys and values
                          "this model to ScaPre Concept Encode")
     shapes = weight_shapes(model)
     targets = edit_targets(model, arch, edit, shapes)
+    streams, all_targets = arch.layout(model, shapes)
     device = compute_device(model)
     plan = concepts.plan
     concept_of = {p: plan.concepts[j] for p, j in zip(plan.prompts, plan.concept_index, strict=True)}
     out = []
-    for stream in arch.streams:
+    for stream in streams:
         mine = [t for t in targets if t.stream == stream.name]
         if not mine:
             continue
         if stream.source == "cond" and not stream.width_key:  # UNet: keys/values reading this width
             mine = [t for t in mine if shapes[t.key][-1] == concepts.width]
             if not mine:
-                widths = sorted({shapes[t.key][-1] for t in arch.targets(shapes)})
+                widths = sorted({shapes[t.key][-1] for t in all_targets})
                 raise ValueError(f"the concepts were encoded {concepts.width} wide but this model's "
                                  f"cross-attention reads {widths}: encode the concepts with the CLIP that "
                                  "belongs to this model")
@@ -168,14 +169,25 @@ def _labels(cs, concept_of: Mapping[str, str]) -> dict[str, str]:
 
 
 def _what(stream: Stream) -> str:
-    return "pooled vectors" if stream.source == "pooled" else "text tokens"
+    if stream.source == "pooled":
+        return "pooled vectors"
+    return f"text tokens ({stream.name})" if stream.source.startswith("layers:") else "text tokens"
 
 
 def _encoded_width(concepts: EncodedConcepts, source: str) -> int | None:
     if source == "cond":
         return concepts.width
-    pooled = concepts.encodings.get("", None)
-    return None if pooled is None or pooled.pooled is None else int(pooled.pooled.shape[-1])
+    empty = concepts.encodings.get("", None)
+    if source.startswith("layers:"):
+        layer = int(source.split(":", 1)[1])
+        if empty is None or empty.layers is None:
+            return None
+        if layer >= empty.layers.shape[0]:
+            raise ValueError(f"the model reads layer {layer} of its text encoder's per-layer output, but the "
+                             f"concepts' text encoder gave {empty.layers.shape[0]} layers: encode the concepts "
+                             "with the text encoder that belongs to this model")
+        return int(empty.layers.shape[-1])
+    return None if empty is None or empty.pooled is None else int(empty.pooled.shape[-1])
 
 
 def _projection(model, stream: Stream, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:

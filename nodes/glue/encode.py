@@ -74,15 +74,27 @@ class Segment:
 @dataclass(frozen=True)
 class Encoding:
     """One prompt as the text encoder gave it. ``rows`` holds the conditioning's first rows; its last row
-    repeats up to ``length`` (trailing padding that the encoder zeroes, such as Wan's, is stored once)."""
+    repeats up to ``length`` (trailing padding that the encoder zeroes, such as Wan's, is stored once).
+    ``layers``: the encoder's per-layer output where it gives one (``ClipLayout.layers``; HiDream's Llama-3.1,
+    ``[layers, tokens, width]``), its tokens laid out as ``layer_segment``."""
 
     rows: torch.Tensor
     length: int
     segments: tuple[Segment, ...]
     pooled: torch.Tensor | None = None
+    layers: torch.Tensor | None = None
+    layer_segment: Segment | None = None
 
     def with_rows(self, rows: torch.Tensor) -> Encoding:
-        return Encoding(rows, self.length, self.segments, self.pooled)
+        return Encoding(rows, self.length, self.segments, self.pooled, self.layers, self.layer_segment)
+
+    def layer(self, index: int) -> Encoding:
+        """Layer ``index`` of the per-layer output, as an encoding of its own (one segment)."""
+        if self.layers is None or self.layer_segment is None:
+            raise ValueError("this text encoder gave no per-layer output: encode the concepts with the text encoder "
+                             "that belongs to this model")
+        rows = self.layers[index]
+        return Encoding(compress_tail(rows), int(rows.shape[0]), (self.layer_segment,))
 
     def slice(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start``-``stop`` of the full conditioning (repeated rows are views, not copies)."""
@@ -113,6 +125,8 @@ class PromptEncoder:
     def __init__(self, clip) -> None:
         self.clip = clip
         self.layout: ClipLayout = clip_layout(clip)
+        if self.layout.check is not None:
+            self.layout.check(clip)
         self._cache: dict[str, Encoding] = {}
         self._has_start = self._start_tokens()
 
@@ -159,7 +173,26 @@ class PromptEncoder:
             if pooled is not None and len(batch) == 1:
                 vec = pooled.detach().reshape(-1).to(device="cpu", dtype=torch.float32).clone()
             segments = self._segments(text, tokenized[text], length, visible)
-            self._cache[text] = Encoding(compress_tail(rows), length, segments, vec)
+            layers, layer_segment = self._layers(text, out, i, len(batch), tokenized[text][1])
+            self._cache[text] = Encoding(compress_tail(rows), length, segments, vec, layers, layer_segment)
+
+    def _layers(self, text: str, out: Mapping, index: int, count: int, found: Mapping[str, tuple[int, int | None]]
+                ) -> tuple[torch.Tensor | None, Segment | None]:
+        """The per-layer output of prompt ``index`` of a batch of ``count`` (``ClipLayout.layers``) and its
+        tokens' segment; ``(None, None)`` for encoders without one."""
+        if self.layout.layers is None:
+            return None, None
+        key, tokenizer = self.layout.layers
+        stack = out.get(key)
+        if stack is None or stack.dim() != 4 or stack.shape[0] != count:
+            raise RuntimeError(f"{self.layout.description}: expected the per-layer output {key!r} as "
+                               f"[prompts, layers, tokens, width], got {None if stack is None else tuple(stack.shape)}")
+        layers = stack[index].detach().to(device="cpu", dtype=torch.float32).clone()
+        tokens, last = found[tokenizer]
+        if layers.shape[1] != tokens:
+            raise ValueError(f"{self.layout.description}: the {tokenizer!r} text encoder gave {layers.shape[1]} rows "
+                             f"for {tokens} tokens of {text!r}: load every text encoder this model uses")
+        return layers, Segment((tokenizer,), 0, tokens, tokens, last, self._has_start[tokenizer])
 
     def add(self, encoded: Mapping[str, Encoding]) -> None:
         """Take over encodings made elsewhere with the same CLIP (e.g. :func:`candidate_encodings`)."""
@@ -288,9 +321,13 @@ def _set(encodings: Mapping[str, Encoding], texts, guides, preserve, source: str
 def stream_sets(plan: PromptPlan, encodings: Mapping[str, Encoding], source: str = "cond",
                 project: Callable[[torch.Tensor], torch.Tensor] | None = None, masked: bool = False,
                 concept_of: Mapping[str, str] | None = None) -> StreamSets:
-    """Erase, probe and preserve sets of one stream: the encodings' ``source`` (``"cond"`` rows or the
-    ``"pooled"`` vector), passed through ``project`` (a model's own row-wise text projection; each distinct
-    row once), with the rows the encoder masks left out when ``masked``."""
+    """Erase, probe and preserve sets of one stream: the encodings' ``source`` (``"cond"`` rows, the
+    ``"pooled"`` vector or ``"layers:<k>"``, layer ``k`` of a per-layer output), passed through ``project``
+    (a model's own row-wise text projection; each distinct row once), with the rows the encoder masks left out
+    when ``masked``."""
+    if source.startswith("layers:"):
+        layer = int(source.split(":", 1)[1])
+        encodings, source = {t: enc.layer(layer) for t, enc in encodings.items()}, "cond"
     if project is not None:
         encodings = {t: _projected(enc, source, project) for t, enc in encodings.items()}
     concept_of = dict(concept_of or {})
@@ -348,7 +385,8 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
     for what, group in (("concept prompt", plan.prompts), ("preserve prompt", plan.preserve),
                         ("probe", plan.probes)):
         for text in group:
-            if any(s.last_word is None for s in encodings[text].segments):
+            enc = encodings[text]
+            if any(s.last_word is None for s in (*enc.segments, *filter(None, [enc.layer_segment]))):
                 raise ValueError(f"{what} {text!r} has no word tokens after tokenization; write a word")
     concept_of = {p: plan.concepts[j] for p, j in zip(plan.prompts, plan.concept_index, strict=True)}
     sets = stream_sets(plan, encodings, concept_of=concept_of)

@@ -21,8 +21,11 @@ What is real and what is reduced:
   CLIP-L is full size. umT5's SentencePiece tokenizer ships inside real text-encoder files, not with
   ComfyUI, so the stand-in trains a small SentencePiece model (umT5's special ids: pad 0, end 1, unk 2)
   on a fixed corpus; ComfyUI's own ``UMT5XXlTokenizer`` then reads it as it reads the real one.
-* Not built here: HiDream's Llama-3.1 tokenizer (its ``tokenizer.json`` is not in ComfyUI's repository
-  snapshot), so HiDream's text encoder cannot be constructed on this machine.
+* HiDream's Llama-3.1 tokenizer ships without its ``tokenizer.json`` in ComfyUI's repository snapshot here, so
+  the stand-in trains a small BPE tokenizer (Llama-3's start id 128000 and the pad id 128009 HiDream uses) and
+  ComfyUI's own ``LLAMA3Tokenizer`` reads it in place of the real one; the Llama stand-in is 256 wide
+  (``LLAMA_SMALL``) and HiDream's caption projections of its layers are built to match. HiDream is assembled
+  in-process (its detection fixes full sizes), with one double and two single blocks.
 
 Files go to the shared test cache (``comfy_support.cache_dir()``), never into the repository.
 """
@@ -45,6 +48,11 @@ log = logging.getLogger("scapre.comfy_tests")
 
 FORMAT = 1
 INIT_STD = 0.02
+
+#: HiDream's Llama-3.1 stand-in: real vocabulary size and special ids, 256 wide (the real one is 4096: its
+#: 128256-token embedding alone would take 2 GB here), two layers.
+LLAMA_SMALL = {"hidden_size": 256, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "num_key_value_heads": 1}
 
 #: name -> (supported_models class, unet_config, built as a file for UNETLoader?, model_base class name)
 MODELS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
@@ -83,6 +91,11 @@ MODELS: dict[str, tuple[str, dict[str, Any], bool, str]] = {
                     "num_patches": 4096, "pos_embed_max_size": 64, "x_block_self_attn_layers": []},
             True, "SD3"),
     "qwen": ("QwenImage", {"image_model": "qwen_image", "in_channels": 64, "num_layers": 0}, True, "QwenImage"),
+    "hidream": ("HiDream", {"image_model": "hidream", "attention_head_dim": 128, "axes_dims_rope": [64, 32, 32],
+                            "caption_channels": [4096, LLAMA_SMALL["hidden_size"]], "max_resolution": [128, 128],
+                            "in_channels": 16, "out_channels": 16, "patch_size": 2, "llama_layers": [0, 1, 1],
+                            "num_attention_heads": 1, "num_routed_experts": 2, "num_activated_experts": 1,
+                            "num_layers": 1, "num_single_layers": 2, "text_emb_dim": 2048}, False, "HiDream"),
 }
 
 def host_has(name: str, comfy_path: Path | None = None) -> bool:
@@ -112,7 +125,7 @@ def host_models(names) -> list[str]:
 
 #: model -> text encoder stand-in kind
 TEXT_ENCODER_OF = {"wan": "wan", "ltxv": "ltxv", "pixart": "pixart", "flux": "flux", "chroma": "chroma",
-                   "sd3": "sd3", "qwen": "qwen", "cosmos2": "cosmos"}
+                   "sd3": "sd3", "qwen": "qwen", "cosmos2": "cosmos", "hidream": "hidream"}
 
 T5_SMALL = {"num_layers": 2, "d_ff": 256, "num_heads": 4, "d_kv": 32}
 
@@ -241,6 +254,63 @@ def umt5_tokenizer_model() -> bytes:
     return out.getvalue()
 
 
+def llama_tokenizer_dir() -> Path:
+    """A folder with a small BPE tokenizer in Llama-3's format (``tokenizer.json``, ``tokenizer_config.json``),
+    trained deterministically on SPM_CORPUS's words, with Llama-3's start token (id 128000) put before every
+    text and HiDream's pad token (id 128009); built once in the test cache."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    folder = comfy_support.cache_dir() / f"scapre-llama3-standin-f{FORMAT}"
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    words = [w for text in SPM_CORPUS for w in text.split()]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    alphabet = [chr(c) for c in range(32, 127)] + ["\u2581"]
+    tok.train_from_iterator(words * 20, trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>"],
+                                                             show_progress=False, initial_alphabet=alphabet))
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", 128000)])
+    data = json.loads(tok.to_str())
+    specials = (("<|begin_of_text|>", 128000), ("<|eot_id|>", 128009))
+    for content, index in specials:
+        data["model"]["vocab"][content] = index
+        data["added_tokens"].append({"id": index, "content": content, "single_word": False, "lstrip": False,
+                                     "rstrip": False, "normalized": False, "special": True})
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+         "add_bos_token": True, "add_eos_token": False}), encoding="utf-8")
+    tmp.replace(folder) if not folder.exists() else None
+    return folder
+
+
+def _hidream_tokenizer():
+    """ComfyUI's ``HiDreamTokenizer`` whose ``LLAMA3Tokenizer`` reads :func:`llama_tokenizer_dir`."""
+    import comfy.text_encoders.hidream as hidream
+    import comfy.text_encoders.hunyuan_video as hunyuan_video
+
+    real = hunyuan_video.LlamaTokenizerFast
+    folder = str(llama_tokenizer_dir())
+
+    class StandInLlama(real):
+        @classmethod
+        def from_pretrained(cls, _path, *args, **kwargs):
+            return real.from_pretrained(folder, *args, **kwargs)
+
+    class StandInHiDreamTokenizer(hidream.HiDreamTokenizer):
+        def __init__(self, *args, **kwargs):
+            hunyuan_video.LlamaTokenizerFast = StandInLlama
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                hunyuan_video.LlamaTokenizerFast = real
+
+    return StandInHiDreamTokenizer
+
+
 def _clip_target(kind: str):
     """(tokenizer class, text-encoder class, model_options, tokenizer_data) of the stand-in for ``kind``."""
     import comfy.text_encoders.cosmos as cosmos
@@ -272,6 +342,12 @@ def _clip_target(kind: str):
     if kind == "qwen":
         return (qwen_image.QwenImageTokenizer, qwen_image.te(),
                 {"qwen25_7b_model_config": {"num_hidden_layers": 1, "intermediate_size": 128}}, {})
+    if kind in ("hidream", "hidream-without-llama"):
+        import comfy.text_encoders.hidream as hidream
+
+        return (_hidream_tokenizer(), hidream.hidream_clip(llama=kind == "hidream"),
+                {"t5xxl_model_config": T5_SMALL, "clip_g_model_config": {"num_hidden_layers": 3},
+                 "llama_model_config": LLAMA_SMALL}, {})
     raise ValueError(f"unknown text encoder kind {kind!r}")
 
 

@@ -1,5 +1,6 @@
-"""The pack on DiT models inside a real ComfyUI (in-process, CPU): Wan, LTX-Video, PixArt (cross-attention,
-ScaPre as published), Flux, Chroma, SD3, Qwen-Image (text-input projection, beyond the paper).
+"""The pack on DiT models inside a real ComfyUI (in-process, CPU): Wan, LTX-Video, PixArt, Cosmos Predict2
+(cross-attention, ScaPre as published), Flux, Chroma, SD3, Qwen-Image, HiDream (text-input projections, beyond
+the paper).
 
 Random-weight models and stand-in text encoders come from ``dit_support.py`` (ComfyUI's own classes at a
 small configuration, real text widths). Each edit is checked against an independent reference: the model's
@@ -39,6 +40,7 @@ EXPECTED = {
     "sd3": ("SD3", r"(context_embedder|y_embedder\.mlp\.0)\.weight", False),
     "qwen": ("QwenImage", r"txt_in\.weight", False),
     "cosmos2": ("CosmosPredict2", r"blocks\.\d+\.cross_attn\.[kv]_proj\.weight", True),
+    "hidream": ("HiDream", r"(caption_projection\.\d+\.linear|p_embedder\.pooled_embedder\.linear_1)\.weight", False),
 }
 
 
@@ -83,13 +85,15 @@ def edited(dit, scapre_nodes):
 # ------------------------------------------------------------------------------------------------
 
 def _encode(clip, text):
-    """What CLIPTextEncode gives for ``text``: (tokens with word ids, cond [T, d], pooled or None, mask)."""
+    """What CLIPTextEncode gives for ``text``: (tokens with word ids, cond [T, d], pooled or None, mask,
+    HiDream's Llama-3.1 layers [L, T, d] or None)."""
     tokens = clip.tokenize(text, return_word_ids=True)
     plain = {k: [[t[:2] for t in ch] for ch in v] for k, v in tokens.items()}
     out = clip.encode_from_tokens(plain, return_pooled=True, return_dict=True)
     pooled = out.get("pooled_output")
+    llama = out.get("conditioning_llama3")
     return tokens, out["cond"][0].float(), None if pooled is None else pooled.reshape(-1).float(), \
-        out.get("attention_mask")
+        out.get("attention_mask"), None if llama is None else llama[0].float()
 
 
 def _last_word(chunk):
@@ -121,18 +125,12 @@ def _projection(name, model):
     return modules[name]() if name in modules else (lambda x: x)
 
 
-def _reference_sets(c, name, model, clip, prompts, guide):
-    """ConceptSets per stream ("text", and "pooled" where the model has a pooled map) built by hand."""
+def _aligned_set(core, seg, prompts, guide):
+    """A ConceptSet from ``seg`` (text -> [(rows, last word, has start token)] per encoder part) by the
+    documented alignment."""
     import torch
 
-    core = _core(c)
-    project = _projection(name, model)
-    enc = {t: _encode(clip, t) for t in {*prompts, guide, ""}}
-    sets = {}
     vecs, empties, xs, ys = [], [], [], []
-    with torch.no_grad():
-        seg = {t: [(project(rows.unsqueeze(0))[0], last, start)
-                   for rows, last, start in _segments(name, e[0], e[1], e[3])] for t, e in enc.items()}
     for p in prompts:
         for prompt_seg, guide_seg, empty_seg in zip(seg[p], seg[guide], seg[""], strict=True):
             (x_rows, x_last, _), (g_rows, g_last, g_start), (e_rows, _, e_start) = prompt_seg, guide_seg, empty_seg
@@ -148,8 +146,27 @@ def _reference_sets(c, name, model, clip, prompts, guide):
             empties.append(e_rows[1] if e_start else e_rows[0])
             xs.append(x[:t])
             ys.append(y[:t])
-    sets["text"] = core.ConceptSet.from_aligned(torch.stack(vecs), torch.stack(empties), xs, ys)
-    if name in ("flux", "sd3"):
+    return core.ConceptSet.from_aligned(torch.stack(vecs), torch.stack(empties), xs, ys)
+
+
+def _reference_sets(c, name, model, clip, prompts, guide):
+    """ConceptSets per stream ("text", "pooled" where the model has a pooled map, and HiDream's
+    "llama layer <k>") built by hand."""
+    import torch
+
+    core = _core(c)
+    project = _projection(name, model)
+    enc = {t: _encode(clip, t) for t in {*prompts, guide, ""}}
+    sets = {}
+    with torch.no_grad():
+        seg = {t: [(project(rows.unsqueeze(0))[0], last, start)
+                   for rows, last, start in _segments(name, e[0], e[1], e[3])] for t, e in enc.items()}
+    sets["text"] = _aligned_set(core, seg, prompts, guide)
+    if name == "hidream":  # every Llama-3.1 layer: one row per Llama token, its start token included
+        for layer in sorted(set(model.model.diffusion_model.llama_layers)):
+            seg = {t: [(e[4][layer], _last_word(e[0]["llama"][0]), True)] for t, e in enc.items()}
+            sets[f"llama layer {layer}"] = _aligned_set(core, seg, prompts, guide)
+    if name in ("flux", "sd3", "hidream"):
         pooled = {t: e[2] for t, e in enc.items()}
         sets["pooled"] = core.ConceptSet.from_aligned(
             torch.stack([pooled[p] for p in prompts]), pooled[""], [pooled[p][None] for p in prompts],
@@ -168,11 +185,15 @@ def _reference_edit(c, name, model, clip):
     config = presets.preset_config("custom", 1.0, SEED)
     sets = _reference_sets(c, name, model, clip, ["Van Gogh", "tabby cat"], "")
     pattern = re.compile(EXPECTED[name][1])
-    originals = {k: v[0][0].float().clone() for k, v in model.get_key_patches("diffusion_model.").items()
+    originals = {k: v[0][0].detach().float().clone() for k, v in model.get_key_patches("diffusion_model.").items()
                  if pattern.fullmatch(k.removeprefix("diffusion_model."))}
     out = {}
+    layers = getattr(model.model.diffusion_model, "llama_layers", None)
     for key, w0 in originals.items():
-        stream = "pooled" if ("vector_in" in key or "y_embedder" in key) else "text"
+        stream = "pooled" if ("vector_in" in key or "y_embedder" in key or "p_embedder" in key) else "text"
+        if name == "hidream" and "caption_projection" in key:
+            index = int(key.split(".")[2])
+            stream = f"llama layer {layers[index]}" if index < len(layers) else "text"
         if name == "pixart":
             half = w0.shape[0] // 2
             parts = core.erase({f"{key}[k]": w0[:half], f"{key}[v]": w0[half:]}, sets[stream], config)
@@ -240,8 +261,12 @@ def test_report_names_the_architecture_and_method(dit, edited):
     if not EXPECTED[name][2]:
         assert "beyond the paper" in report.info["method"]
         assert any("beyond the paper" in w for w in report.warnings)
-    if name in ("flux", "sd3"):
+    if name in ("flux", "sd3", "hidream"):
         assert any(p.text.endswith("[pooled]") for p in erased)
+    if name == "hidream":  # one stream per Llama-3.1 layer the model reads
+        layers = sorted(set(dit[1].model.diffusion_model.llama_layers))
+        assert {p.text for p in erased if "[llama" in p.text} == {
+            f"{c} [llama layer {k}]" for c in ("Van Gogh", "tabby cat") for k in layers}
 
 
 def test_lora_round_trip_through_loraloader(dit, edited, scapre_nodes, tmp_path):
@@ -326,3 +351,13 @@ def test_a_text_encoder_of_another_model_is_refused(dit, scapre_nodes):
     with pytest.raises(ValueError, match=rf"this MODEL is .*\({EXPECTED[name][0]}\), which reads .* text, but the "
                                          r"concepts were encoded with .*(umT5|CLIP-L \+ T5-XXL)"):
         c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset="custom", strength=1.0, seed=0)
+
+
+@pytest.mark.parametrize("name", dit_support.host_models(["hidream"]))
+def test_hidream_needs_all_four_text_encoders(name, scapre_nodes):
+    """A HiDream text encoder loaded without its Llama-3.1 (ComfyUI then feeds the model zeros in its place) is
+    refused when the concepts are encoded, naming what is missing and how to load it."""
+    with pytest.raises(ValueError, match=r"lacks Llama-3\.1: .*QuadrupleCLIPLoader"):
+        scapre_nodes.run_node("ScaPreConceptEncode", clip=dit_support.make_clip("hidream-without-llama"),
+                              concepts="Van Gogh", concept_type="object", expand_templates=False, templates="",
+                              guide="")
