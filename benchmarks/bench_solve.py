@@ -353,6 +353,8 @@ def t5_like_encodings(name: str, seed: int = 0):
         last = words - 1 if words else None
         seg = Segment(("t5xxl",), 0, length, real if padding == "masked" else length, last, False)
         pooled = torch.randn(768 if name == "flux_50" else 2048, generator=g) if DIT_CASES[name][6] else None
+        if name == "hidream_50":  # Llama-3.1 on a GPU runs in bfloat16: its outputs are bfloat16 values
+            rows = rows.to(torch.bfloat16).float()
         return Encoding(compress_tail(rows), length, (seg,), pooled)
 
     encodings = {"": encoding(0)}
@@ -372,7 +374,7 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
     and (with ``merge``) merging of repeated padding, then every matrix one at a time (read as float32,
     changed, dropped). ``merge=False`` builds the same contexts without merging (every padding row kept)."""
     from comfyui_scapre.nodes.glue.architectures import mlp_gelu_tanh
-    from comfyui_scapre.nodes.glue.encode import stream_sets
+    from comfyui_scapre.nodes.glue.encode import Encoding, lossless_narrow, stream_sets
     from comfyui_scapre.scapre_core import erase_iter
     from comfyui_scapre.scapre_core.solve import route
 
@@ -396,16 +398,19 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
     text_seconds, text_cpu = time.perf_counter() - start, _cpu_seconds() - text_cpu
     shapes = {f"blocks.{b}.m{i}.weight": s for b in range(blocks) for i, s in enumerate(per_block)}
     streams = [("text", sets, LazyWeights(shapes))]
-    if name == "hidream_50":  # one stream per Llama-3.1 layer, with the projections that read it
+    if name == "hidream_50":  # one stream per Llama-3.1 layer, with the projections that read it; as the pack
+        # does, each stream's text side is built when its matrices are edited and dropped after
         for layer in sorted(set(HIDREAM_LLAMA_LAYERS)):
-            layer_plan, layer_encodings = t5_like_encodings(name, seed=1 + layer)
-            layer_start, layer_cpu = time.perf_counter(), _cpu_seconds()
-            layer_sets = stream_sets(layer_plan, layer_encodings, "cond").erase
-            text_seconds += time.perf_counter() - layer_start
-            text_cpu += _cpu_seconds() - layer_cpu
+            plan_k, encoded_k = t5_like_encodings(name, seed=1 + layer)
+            # the encoder's output, held for the whole edit as the pack holds a per-layer output (lossless_narrow)
+            held = {t: Encoding(e.rows[:1].clone(), e.length, e.segments, None,
+                                lossless_narrow(e.slice(0, e.length)[None]), e.segments[0])
+                    for t, e in encoded_k.items()}
+            del encoded_k
             mine = {f"caption_projection.{i}.weight": per_block[0]
                     for i, k in enumerate(HIDREAM_LLAMA_LAYERS) if k == layer}
-            streams.append((f"llama layer {layer}", layer_sets, LazyWeights(mine)))
+            build = (lambda p, h: lambda: stream_sets(p, h, "layers:0").erase)(plan_k, held)
+            streams.append((f"llama layer {layer}", build, LazyWeights(mine)))
     if pooled is not None:
         pooled_sets = stream_sets(plan, encodings, "pooled").erase
         streams.append(("pooled", pooled_sets, LazyWeights({"pooled.weight": pooled})))
@@ -414,16 +419,25 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
     _sync(device)
     start = time.perf_counter()
     cpu0 = _cpu_seconds()
+    lazy_seconds, lazy_cpu = 0.0, 0.0
     for _, cs, weights in streams:
+        if callable(cs):  # built now: text-side time, counted with the text side
+            built, built_cpu = time.perf_counter(), _cpu_seconds()
+            cs = cs()
+            lazy_seconds += time.perf_counter() - built
+            lazy_cpu += _cpu_seconds() - built_cpu
         for _, change in erase_iter(weights, cs, cfg, device=device, changes=True):
             patch_mb += change.numel() * 4 / 2**20  # the pack keeps each change as a float32 patch
             del change
+        del cs
     _sync(device)
-    seconds = time.perf_counter() - start
-    cpu = _cpu_seconds() - cpu0
+    seconds = time.perf_counter() - start - lazy_seconds
+    cpu = _cpu_seconds() - cpu0 - lazy_cpu
+    text_seconds, text_cpu = text_seconds + lazy_seconds, text_cpu + lazy_cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "case": name, "device": device, "merge": merge, "matrices": sum(len(w) for _, _, w in streams),
+        "streams": len(streams),
         "concepts": sets.num_concepts, "d": sets.dim, "text_rows": length,
         "context_rows_mean": round(sum(x.shape[0] for x in sets.contexts) / sets.num_concepts, 1),
         "route": route(sets, cfg), "load_before": load0, "load_after": round(os.getloadavg()[0], 2),

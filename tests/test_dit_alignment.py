@@ -185,3 +185,15 @@ def test_a_layer_stream_aligns_like_a_clip_segment():
     assert torch.equal(got.concept_vecs, want.concept_vecs) and float(got.concept_vecs[0, 0]) == 100 + 10 + 2
     with pytest.raises(ValueError, match="no per-layer output"):
         stream_sets(plan, plain, "layers:0")
+
+
+def test_per_layer_outputs_are_stored_narrow_only_when_exact():
+    from comfyui_scapre.nodes.glue.encode import lossless_narrow
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(2, 5, 8, generator=g)
+    assert lossless_narrow(full).dtype == torch.float32 and torch.equal(lossless_narrow(full), full)
+    bf16 = full.to(torch.bfloat16).float()  # what a bfloat16 encoder gives, cast to float32 by ComfyUI
+    assert lossless_narrow(bf16).dtype == torch.bfloat16 and torch.equal(lossless_narrow(bf16).float(), bf16)
+    fp16 = (full * 1e-3).to(torch.float16).float()  # below bfloat16's precision, exact in float16
+    assert lossless_narrow(fp16).dtype == torch.float16 and torch.equal(lossless_narrow(fp16).float(), fp16)

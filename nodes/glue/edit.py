@@ -100,9 +100,18 @@ class TargetWeights(Mapping):
 
 @dataclass(frozen=True)
 class StreamInput:
+    """One text stream of an edit: its matrices and how to build its concept sets. The sets are built when the
+    stream is edited and dropped after (HiDream has 34 streams of 4096-wide text: all at once would hold
+    several GB)."""
+
     stream: Stream
     targets: list[Target]
-    sets: StreamSets
+    build: Callable[[], StreamSets]
+
+    @property
+    def sets(self) -> StreamSets:
+        """The stream's concept sets, built anew on each access (keep the result while it is needed)."""
+        return self.build()
 
 
 def _focus_inputs(arch: Architecture, inputs: list[StreamInput], concepts: EncodedConcepts) -> list[StreamInput]:
@@ -116,7 +125,11 @@ def _focus_inputs(arch: Architecture, inputs: list[StreamInput], concepts: Encod
         raise ValueError(f"the focus variant (preset precise, beyond the paper) is for models whose cross-attention "
                          f"reads the text encoder's output directly (SD1.x, SD2.x, SDXL); this MODEL is {arch.name}: "
                          "pick a published preset")
-    return [dataclasses.replace(i, sets=dataclasses.replace(i.sets, erase=concepts.focus)) for i in inputs]
+    return [dataclasses.replace(i, build=_with_erase(i.build, concepts.focus)) for i in inputs]
+
+
+def _with_erase(build: Callable[[], StreamSets], erase: ConceptSet) -> Callable[[], StreamSets]:
+    return lambda: dataclasses.replace(build(), erase=erase)
 
 
 def stream_inputs(model, concepts: EncodedConcepts, edit: str = "keys and values"
@@ -157,11 +170,20 @@ def stream_inputs(model, concepts: EncodedConcepts, edit: str = "keys and values
                              f"({arch.text_encoder})")
         if not concepts.encodings or (stream.source == "cond" and stream.projection is None and not stream.masked):
             sets = StreamSets(concepts.erase, concepts.probes, concepts.preserve, _labels(concepts.erase, concept_of))
+            build = (lambda made: lambda: made)(sets)
         else:
-            sets = stream_sets(plan, concepts.encodings, stream.source, _projection(model, stream, device),
-                               stream.masked, concept_of)
-        out.append(StreamInput(stream, mine, sets))
+            build = _stream_builder(model, concepts, stream, device, concept_of)
+        out.append(StreamInput(stream, mine, build))
     return arch, out
+
+
+def _stream_builder(model, concepts: EncodedConcepts, stream: Stream, device: torch.device,
+                    concept_of: Mapping[str, str]) -> Callable[[], StreamSets]:
+    def build() -> StreamSets:
+        return stream_sets(concepts.plan, concepts.encodings, stream.source, _projection(model, stream, device),
+                           stream.masked, concept_of)
+
+    return build
 
 
 def _labels(cs, concept_of: Mapping[str, str]) -> dict[str, str]:
@@ -249,15 +271,15 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     tracker = formats.EditTracker(model, effective, edit_records(model))
     sliced: set[str] = set()
     device = compute_device(model)
-    make_room(device, max(_stream_memory(model, item, config) for item in inputs))
     total = sum(len(i.targets) for i in inputs)
     diffs: dict[str, torch.Tensor] = {}
-    reports = []
+    reports, concept_of = [], {}
     start = time.perf_counter()
     done = 0
     for item in inputs:
         weights = TargetWeights(effective, item.targets)
         sets = item.sets
+        make_room(device, _stream_memory(model, item.targets, sets, config))
         builder = ReportBuilder({"erase": sets.erase, "probe": sets.probes, "preserve": sets.preserve},
                                 device=device, tokens=report_tokens)
 
@@ -277,13 +299,14 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
             else:
                 sliced.add(target.key)
         done += len(item.targets)
-        reports.append((builder.build(), sets))
+        reports.append(builder.build())
+        concept_of.update(sets.concept_of)
+        del sets, builder
     for key in sorted(sliced):  # fused weights (a key and a value matrix in one): measured whole
         tracker.add(key, effective[key], diffs[key])
     seconds = time.perf_counter() - start
     warnings += tracker.warnings()
-    concept_of = {label: c for _, sets in reports for label, c in sets.concept_of.items()}
-    report = combine_reports([r for r, _ in reports], [i.stream.name for i in inputs], config=config.to_dict(),
+    report = combine_reports(reports, [i.stream.name for i in inputs], config=config.to_dict(),
                              seconds=seconds, warnings=tuple(warnings), concept_of=concept_of,
                              info={**concepts.describe(), "edit": edit, "version": __version__,
                                    "architecture": arch.name, "model_class": type(model.model).__name__,
@@ -300,11 +323,10 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     return edited_model, record
 
 
-def _stream_memory(model, item: StreamInput, config: ScaPreConfig) -> int:
+def _stream_memory(model, targets: list[Target], sets: StreamSets, config: ScaPreConfig) -> int:
     """:func:`working_memory` of one stream: its own text width and concept sets, its matrices' shapes."""
-    sets = item.sets
     text = SimpleNamespace(width=sets.erase.dim, erase=sets.erase, probes=sets.probes, preserve=sets.preserve)
-    shapes = weight_shapes_of(model, item.targets)
+    shapes = weight_shapes_of(model, targets)
     return working_memory(text, shapes, config)
 
 

@@ -19,6 +19,7 @@ token in that segment).
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ from ...scapre_core.prompts import PromptPlan
 from ...scapre_core.vocabulary import CANDIDATES, candidates_for
 from .architectures import QWEN_IM_END, ClipLayout, clip_layout
 from .payloads import EncodedConcepts
+
+log = logging.getLogger("comfyui-scapre")
+
+#: Per-layer text outputs (HiDream's Llama-3.1) above this many bytes in one encode are logged as a warning.
+LAYERS_WARN_BYTES = 2 * 2**30
 
 #: ``look_alikes`` of ScaPre Concept Encode (beyond the paper; read by the focus variant, preset precise): auto =
 #: candidates from scapre_core.vocabulary plus the preserve prompts; preserve prompts = only those; off = none.
@@ -76,7 +82,7 @@ class Encoding:
     """One prompt as the text encoder gave it. ``rows`` holds the conditioning's first rows; its last row
     repeats up to ``length`` (trailing padding that the encoder zeroes, such as Wan's, is stored once).
     ``layers``: the encoder's per-layer output where it gives one (``ClipLayout.layers``; HiDream's Llama-3.1,
-    ``[layers, tokens, width]``), its tokens laid out as ``layer_segment``."""
+    ``[layers, tokens, width]``, stored by :func:`lossless_narrow`), its tokens laid out as ``layer_segment``."""
 
     rows: torch.Tensor
     length: int
@@ -93,7 +99,7 @@ class Encoding:
         if self.layers is None or self.layer_segment is None:
             raise ValueError("this text encoder gave no per-layer output: encode the concepts with the text encoder "
                              "that belongs to this model")
-        rows = self.layers[index]
+        rows = self.layers[index].float()
         return Encoding(compress_tail(rows), int(rows.shape[0]), (self.layer_segment,))
 
     def slice(self, start: int, stop: int) -> torch.Tensor:
@@ -116,6 +122,16 @@ def compress_tail(rows: torch.Tensor) -> torch.Tensor:
     while n > 1 and bool(same[n - 2]):
         n -= 1
     return rows[:n].clone() if n < rows.shape[0] else rows
+
+
+def lossless_narrow(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (float32) in bfloat16 or float16 where that holds every value exactly (an encoder run in half
+    precision, as on a GPU, gives such values: half the memory, the same numbers), else a float32 copy."""
+    for dtype in (torch.bfloat16, torch.float16):
+        narrow = values.to(dtype)
+        if torch.equal(narrow.to(torch.float32), values):
+            return narrow
+    return values.clone()
 
 
 class PromptEncoder:
@@ -187,7 +203,7 @@ class PromptEncoder:
         if stack is None or stack.dim() != 4 or stack.shape[0] != count:
             raise RuntimeError(f"{self.layout.description}: expected the per-layer output {key!r} as "
                                f"[prompts, layers, tokens, width], got {None if stack is None else tuple(stack.shape)}")
-        layers = stack[index].detach().to(device="cpu", dtype=torch.float32).clone()
+        layers = lossless_narrow(stack[index].detach().to(device="cpu", dtype=torch.float32))
         tokens, last = found[tokenizer]
         if layers.shape[1] != tokens:
             raise ValueError(f"{self.layout.description}: the {tokenizer!r} text encoder gave {layers.shape[1]} rows "
@@ -382,6 +398,11 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
     texts = ["", *plan.prompts, *plan.guides, *plan.preserve, *plan.probes]
     encode.encode_all(texts, step)
     encodings = {t: encode(t) for t in dict.fromkeys(texts)}
+    held = sum(e.layers.numel() * e.layers.element_size() for e in encodings.values() if e.layers is not None)
+    if held > LAYERS_WARN_BYTES:
+        log.warning("ScaPre Concept Encode: %s keeps every layer of its text encoder for %d prompts, %.1f GB of "
+                    "memory until the edit is done; fewer prompts (templates, probes) take less",
+                    encode.layout.description, len(encodings), held / 1e9)
     for what, group in (("concept prompt", plan.prompts), ("preserve prompt", plan.preserve),
                         ("probe", plan.probes)):
         for text in group:
