@@ -101,7 +101,10 @@ def measure(c, fmt: str, files: dict, clip, gguf_nodes: Path, scales: list[float
                                 seed=0)[:2]
     seconds = time.perf_counter() - t0
     record = edited.model_options["scapre_edits"][-1]
-    keys = sorted(record.diffs)
+    stack = sys.modules[c.pack_module().__name__ + ".nodes.glue.stack"]
+    changes = stack.edit_changes(edited, (record,))
+    diffs = {k: changes[k] for k in changes}  # every change as a matrix (compact ones made dense)
+    keys = sorted(diffs)
     entries = pack.key_entries(model, keys)
     apps = pack.plan(model, entries)
     originals = {k: pack.read_original(entries[k]) for k in keys}
@@ -110,11 +113,11 @@ def measure(c, fmt: str, files: dict, clip, gguf_nodes: Path, scales: list[float
               "chosen": chosen["methods"],
               "printed": {"surviving": chosen["surviving"], "error": chosen["error"],
                           "compute_dtype": chosen["compute_dtype"]},
-              "rel_change": float(sum(float(d.pow(2).sum()) for d in record.diffs.values()) ** 0.5
+              "rel_change": float(sum(float(d.pow(2).sum()) for d in diffs.values()) ** 0.5
                                   / sum(float(originals[k].pow(2).sum()) for k in keys) ** 0.5),
               "cells": {}}
     for scale in scales:
-        intended = {k: record.diffs[k] * scale for k in keys}
+        intended = {k: diffs[k] * scale for k in keys}
         for cname in COMPUTE:
             cdt = getattr(torch, cname)
             base = model.clone()

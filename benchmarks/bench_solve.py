@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -298,6 +299,7 @@ DIT_CASES = {
     "wan13b_50": (30, ((1536, 1536), (1536, 1536)), 512, (4, 24), "zeros", (4096, 1536, 1536), None),
     "wan14b_50": (40, ((5120, 5120), (5120, 5120)), 512, (4, 24), "zeros", (4096, 5120, 5120), None),
     "ltxv2b_50": (28, ((2048, 2048), (2048, 2048)), 128, (4, 24), "masked", (4096, 2048, 2048), None),
+    "ltxv13b_50": (48, ((4096, 4096), (4096, 4096)), 128, (4, 24), "masked", (4096, 4096, 4096), None),
     "pixart_50": (28, ((1152, 1152), (1152, 1152)), 300, (4, 24), "masked", (4096, 1152, 1152), None),
     "flux_50": (1, ((3072, 4096),), 256, (4, 24), "distinct", None, (3072, 768)),
     "sd35l_50": (1, ((2432, 4096),), 154, (4, 24), "distinct", None, (2432, 2048)),
@@ -369,13 +371,14 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False) -> dict:
+def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False, compact: bool = True) -> dict:
     """The whole DiT edit as the pack runs it: the model's text projection on each distinct row, alignment
     and (with ``merge``) merging of repeated padding, then every matrix one at a time (read as float32,
     changed, dropped). ``merge=False`` builds the same contexts without merging (every padding row kept)."""
     from comfyui_scapre.nodes.glue.architectures import mlp_gelu_tanh
     from comfyui_scapre.nodes.glue.encode import Encoding, lossless_narrow, stream_sets
     from comfyui_scapre.scapre_core import erase_iter
+    from comfyui_scapre.scapre_core.lowrank import LowRankChange
     from comfyui_scapre.scapre_core.solve import route
 
     blocks, per_block, length, _, padding, projection, pooled = DIT_CASES[name]
@@ -415,7 +418,9 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
         pooled_sets = stream_sets(plan, encodings, "pooled").erase
         streams.append(("pooled", pooled_sets, LazyWeights({"pooled.weight": pooled})))
     cfg = ScaPreConfig()
-    patch_mb = 0.0
+    patch_mb = dense_mb = 0.0
+    held: list = []
+    rights: list = []
     _sync(device)
     start = time.perf_counter()
     cpu0 = _cpu_seconds()
@@ -426,9 +431,18 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
             cs = cs()
             lazy_seconds += time.perf_counter() - built
             lazy_cpu += _cpu_seconds() - built_cpu
-        for _, change in erase_iter(weights, cs, cfg, device=device, changes=True):
-            patch_mb += change.numel() * 4 / 2**20  # the pack keeps each change as a float32 patch
-            del change
+        for _, change in erase_iter(weights, cs, cfg, device=device, changes=True, compact=compact):
+            # the pack keeps each change as a patch for as long as the edited MODEL lives: held here too, so that
+            # the peak counts them; a compact change's right factor is one tensor for every matrix of a stream
+            dense_mb += math.prod(change.shape) * 4 / 2**20
+            if isinstance(change, LowRankChange):
+                patch_mb += change.nbytes(shared=True) / 2**20
+                if all(r is not change.right for r in rights):
+                    rights.append(change.right)
+                    patch_mb += change.right.numel() * change.right.element_size() / 2**20
+            else:
+                patch_mb += change.numel() * change.element_size() / 2**20
+            held.append(change)
         del cs
     _sync(device)
     seconds = time.perf_counter() - start - lazy_seconds
@@ -444,13 +458,19 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
         "text_seconds": round(text_seconds, 2), "seconds": round(seconds, 2),
         "total_seconds": round(text_seconds + seconds, 2), "text_cpu_seconds": round(text_cpu, 2),
         "cpu_seconds": round(cpu, 2),
-        "peak_rss_above_start_mb": round(peak - rss0, 1), "patches_float32_mb": round(patch_mb, 1),
+        "peak_rss_above_start_mb": round(peak - rss0, 1), "patches_mb": round(patch_mb, 1),
+        "patches_dense_float32_mb": round(dense_mb, 1), "compact": compact,
         "threads": torch.get_num_threads(),
     }
     if exact:
         key = next(iter(shapes))
         w = {key: streams[0][2][key].float()}
         result["rel_err_vs_float64"] = exactness(w, sets, cfg, [key], device)
+        (_, dense), = erase_iter(w, sets, cfg, device=device, changes=True)
+        (_, small), = erase_iter(w, sets, cfg, device=device, changes=True, compact=True)
+        if isinstance(small, LowRankChange):  # the compact form against the dense change, made dense
+            result["compact_rank"] = small.rank
+            result["compact_rel_err_vs_dense"] = float((small.dense(w[key]) - dense).norm() / dense.norm())
     if not merge:  # the merged edit of the first matrix against this one
         key = next(iter(shapes))
         w = {key: streams[0][2][key].float()}
@@ -482,7 +502,10 @@ def main() -> None:
                         help="SD cases (default all of them) and DiT cases: " + ", ".join(DIT_CASES))
     parser.add_argument("--no-merge", action="store_true",
                         help="DiT cases: keep every padding row (the cost merging saves; same result)")
-    parser.add_argument("--exact", action="store_true", help="DiT cases: also the float32-vs-float64 error")
+    parser.add_argument("--exact", action="store_true",
+                        help="DiT cases: also the float32-vs-float64 error and the compact change against the dense")
+    parser.add_argument("--dense-patches", action="store_true",
+                        help="DiT cases: hold every change as a dense float32 matrix (as before compact changes)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--naive-rows", type=int, default=4, help="rows per shape timed with the per-row solve")
     parser.add_argument("--exactness-only", action="store_true",
@@ -496,7 +519,8 @@ def main() -> None:
     scopes = ["key", "full"] if args.report_tokens == "both" else [args.report_tokens]
     if args.one:
         if args.one in DIT_CASES:
-            result = run_dit_case(args.one, args.device, merge=not args.no_merge, exact=args.exact)
+            result = run_dit_case(args.one, args.device, merge=not args.no_merge, exact=args.exact,
+                                  compact=not args.dense_patches)
         elif args.exactness_only:
             result = run_exactness(args.one, args.device)
         elif args.node_only:
@@ -512,6 +536,7 @@ def main() -> None:
         cmd += ["--node-only"] if args.node_only else []
         cmd += ["--no-merge"] if args.no_merge else []
         cmd += ["--exact"] if args.exact else []
+        cmd += ["--dense-patches"] if args.dense_patches else []
         subprocess.run(cmd, check=True)
 
 

@@ -80,7 +80,7 @@ class ScaPreSaveLoRA(io.ComfyNode):
         notes = [*notes, *filter(None, [stack.base_warning(records, contents)])]
         base, shown = _next_path(filename_prefix, "loras")
         matrices, error = write_lora(base + ".safetensors", records, rank, progress(cls.hidden.unique_id, "lora"),
-                                     diffs=diffs, contents=contents)
+                                     diffs=diffs, contents=contents, model=model)
         mode = "exact" if rank == 0 else f"rank {rank}, relative error {error:.3g}"
         message = f"saved {shown}.safetensors ({matrices} {'matrices' if diffs is None else 'weights'}, {mode})"
         for note in notes:

@@ -16,9 +16,10 @@ import torch
 from .concepts import ConceptSet
 from .config import ScaPreConfig
 from .focus import focus_map
-from .geometry import bures_change, egbr_change, linalg_device, to_float64
+from .geometry import bures_change, bures_coefficients, egbr_change, egbr_coefficients, linalg_device, to_float64
 from .informax import InformaxResult, RowStats, row_stats, weight_checksum
-from .solve import TextSide, data_term, prepare_text_side, rhs_eig, solve_rows
+from .lowrank import LowRankChange, worth_it
+from .solve import TextSide, data_term, prepare_text_side, rhs_eig, solve_rows, solve_rows_e
 from .validation import check_row_stats, check_weight
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,61 @@ def _method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: Sc
     return keep * (solved - w0)
 
 
+def lowrank_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig
+                   ) -> LowRankChange | None:
+    """:func:`edit_change` in compact form (``scapre_core.lowrank``), or ``None`` where the change has none:
+    text that is not on the span route, the focus variant, strength 0.
+
+    The same solve as :func:`method_change`, stopped before the change is spread over the ``d`` input
+    columns: the solved rows' part in the span ``B`` minus the original's (``X - W0 B``), with the Bures step's
+    and EGBR's per-row scalars formed from the row products in those ``r`` coordinates (``B`` is orthonormal,
+    so ``|(X - W0 B) B^T|`` is ``|X - W0 B|`` and ``W0 . (X - W0 B) B^T`` is ``(W0 B) . (X - W0 B)``)."""
+    if (config.variant not in ("scale", "small", "uce") or isinstance(text, torch.Tensor) or text.direct
+            or not text.partial or config.strength == 0):
+        return None
+    rows, m = w0.shape[0], text.concept_vecs.shape[0]
+    check_row_stats(stats, config, rows, m)
+    if config.variant == "uce":
+        row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
+    else:
+        row_weights = stats.weights_or_ones(rows, m, w0)
+    reach, scale = config.reach, config.solve_scale
+    data_e = data_term(w0, text, row_weights, scale, config.technique)
+    projected = w0 @ text.basis  # [o, r]
+    row_scale = None
+    if config.variant == "scale":
+        spread = None if stats.entropy is None else to_float64(stats.spread)
+        mu = float(spread.mean()) if config.mu_from_entropy else float(config.mu)
+        if reach != 1.0:
+            mu = mu / reach
+        lam_prox = config.lam + mu
+        row_max = row_weights.max(dim=1).values
+        coef = solve_rows_e(rhs_eig(w0, text, data_e, lam_prox, 0.0), text, mu, scale * row_max) - projected
+        a, b, p = to_float64(w0), to_float64(coef), to_float64(projected)
+        n00, n0d, ndd = (a * a).sum(1, keepdim=True), (p * b).sum(1, keepdim=True), (b * b).sum(1, keepdim=True)
+        del a, b, p
+        c_w, c_d = torch.zeros_like(n00), torch.ones_like(n00)
+        if config.bures_iters > 0:
+            c_w, c_d = bures_coefficients(n00, n0d, ndd, mu, lam_prox, config.bures_iters)
+        if config.egbr:
+            # EGBR of (w0, c_w w0 + c_d delta): its products from the three above
+            e_w, e_d = egbr_coefficients(n00, c_w * n00 + c_d * n0d,
+                                         c_w * c_w * n00 + 2.0 * c_w * c_d * n0d + c_d * c_d * ndd, spread)
+            c_w, c_d = e_w + e_d * c_w, e_d * c_d
+        row_scale = c_w.squeeze(1).to(device=w0.device, dtype=w0.dtype)
+        left = c_d.to(device=w0.device, dtype=w0.dtype) * coef
+    else:
+        left = solve_rows_e(rhs_eig(w0, text, data_e, config.lam, scale), text, 0.0, None) - projected
+        if config.variant == "small":
+            entropy = stats.entropy.to(device=w0.device, dtype=w0.dtype).unsqueeze(1)
+            keep = config.alpha_min + (1.0 - config.alpha_min) * entropy
+            if reach != 1.0:
+                keep = 1.0 - (1.0 - keep) / reach
+            left = keep * left
+    change = LowRankChange(row_scale, left, text.basis.T)
+    return change if config.strength >= 1.0 else change.scaled(config.strength)
+
+
 def edit_matrix(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     """The edited matrix ``W0 + change`` for one original ``w0`` (compute precision)."""
     return w0 + edit_change(w0, text, stats, config)
@@ -162,14 +218,17 @@ def erase_iter(
     *,
     device: torch.device | str | None = None,
     changes: bool = False,
-) -> Iterator[tuple[str, torch.Tensor]]:
+    compact: bool = False,
+) -> Iterator[tuple[str, torch.Tensor | LowRankChange]]:
     """Like :func:`erase`, but yields ``(name, edited)`` one matrix at a time, so that a caller
     can store or measure each result before the next is computed. All inputs are validated before
     the first matrix is edited.
 
     With ``changes=True`` it yields ``(name, W - W0)`` instead, in the compute precision (at least
     float32) on the weight's device: the change as computed, without the rounding of adding it to a
-    lower-precision weight and subtracting it again (what a patch or a LoRA stores)."""
+    lower-precision weight and subtracting it again (what a patch or a LoRA stores). With ``compact=True`` as
+    well, a change that has a compact form smaller than the dense matrix (:func:`lowrank_change`,
+    ``lowrank.worth_it``) comes as a :class:`~scapre_core.lowrank.LowRankChange` on the weight's device."""
     config = config or ScaPreConfig()
     names = check_inputs(weights, concepts)
     with_weights, with_entropy = config.needs_row_weights, config.needs_entropy
@@ -187,6 +246,7 @@ def erase_iter(
                 progress(index + 1, len(names))
         return
     texts = _TextCache(concepts, config)
+    rights: dict[torch.device, torch.Tensor] = {}
     with full_precision_matmul():
         for name, w0 in _iter_matrices(weights, names, config, device, progress):
             source = weights[name]
@@ -201,6 +261,14 @@ def erase_iter(
                     name, w0, text.concept_vecs, text.empty_vec, config,
                     with_weights=with_weights, with_entropy=with_entropy,
                 )
+            compact_change = lowrank_change(w0, text, stats, config) if changes and compact else None
+            if compact_change is not None and worth_it(compact_change):
+                log.debug("edited %s %s (rank %d)", name, tuple(w0.shape), compact_change.rank)
+                right = rights.setdefault(source.device, compact_change.right.to(device=source.device))
+                yield name, LowRankChange(
+                    None if compact_change.row_scale is None else compact_change.row_scale.to(device=source.device),
+                    compact_change.left.to(device=source.device), right)  # one right factor for every matrix
+                continue
             change = edit_change(w0, text, stats, config)
             log.debug("edited %s %s", name, tuple(w0.shape))
             if changes:

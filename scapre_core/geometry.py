@@ -48,7 +48,13 @@ def bures_change(w0: torch.Tensor, delta: torch.Tensor, mu: float, lam_prox: flo
     """
     if iters <= 0:
         return delta
-    n00, n0d, ndd = _row_products(w0, delta)
+    return _combine(w0, delta, *bures_coefficients(*_row_products(w0, delta), mu, lam_prox, iters))
+
+
+def bures_coefficients(n00: torch.Tensor, n0d: torch.Tensor, ndd: torch.Tensor, mu: float, lam_prox: float,
+                       iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c_w0, c_delta)``, float64 ``[o, 1]``: :func:`bures_change` is ``c_w0 w0 + c_delta delta``, from the row
+    products ``|w0|^2``, ``w0 . delta``, ``|delta|^2`` (``iters >= 1``)."""
     r0 = n00.sqrt().clamp_min(EPS)
     a_norm = (n00 + 2.0 * n0d + ndd).clamp_min(0.0).sqrt().clamp_min(EPS)
     kappa = ((n00 + n0d) / (a_norm * r0)).clamp_min(0.0)  # <u_a, u0>
@@ -57,7 +63,7 @@ def bures_change(w0: torch.Tensor, delta: torch.Tensor, mu: float, lam_prox: flo
         c0, c1 = lam_prox + mu * kappa, torch.full_like(kappa, lam_prox)
         d_norm = (c0 * c0 * n00 + 2.0 * c0 * c1 * n0d + c1 * c1 * ndd).clamp_min(0.0).sqrt().clamp_min(EPS)
         kappa = ((c0 * n00 + c1 * n0d) / (d_norm * r0)).clamp_min(0.0)  # <u, u0> for the next round
-    return _combine(w0, delta, r * c0 / d_norm - 1.0, r * c1 / d_norm)
+    return r * c0 / d_norm - 1.0, r * c1 / d_norm
 
 
 def bures_step(w0: torch.Tensor, solved: torch.Tensor, mu: float, lam_prox: float, iters: int) -> torch.Tensor:
@@ -72,9 +78,15 @@ def egbr_change(w0: torch.Tensor, delta: torch.Tensor, spread: torch.Tensor) -> 
     ``alpha_i = 1 - exp(-h_i / max h)``; directions blend by ``beta_i = alpha_i max(0, cos(w0_i, w_i))``,
     squared norms blend geometrically by ``alpha_i``. ``spread`` is ``h`` (``[o]``).
     """
-    h = to_float64(spread.reshape(-1, 1)).to(linalg_device(w0.device))
+    return _combine(w0, delta, *egbr_coefficients(*_row_products(w0, delta), spread))
+
+
+def egbr_coefficients(n00: torch.Tensor, n0d: torch.Tensor, ndd: torch.Tensor, spread: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c_w0, c_delta)``, float64 ``[o, 1]``: :func:`egbr_change` is ``c_w0 w0 + c_delta delta``, from the row
+    products (as :func:`bures_coefficients`)."""
+    h = to_float64(spread.reshape(-1, 1)).to(n00.device)
     alpha = 1.0 - torch.exp(-h / h.max().clamp_min(1e-6))
-    n00, n0d, ndd = _row_products(w0, delta)
     r0 = n00.sqrt().clamp_min(EPS)
     r1 = (n00 + 2.0 * n0d + ndd).clamp_min(0.0).sqrt().clamp_min(EPS)
     beta = alpha * ((n00 + n0d) / (r0 * r1)).clamp_min(0.0)
@@ -82,7 +94,7 @@ def egbr_change(w0: torch.Tensor, delta: torch.Tensor, spread: torch.Tensor) -> 
     c0, c1 = (1.0 - beta) / r0 + beta / r1, beta / r1
     d_norm = (c0 * c0 * n00 + 2.0 * c0 * c1 * n0d + c1 * c1 * ndd).clamp_min(0.0).sqrt().clamp_min(EPS)
     norm = torch.exp(0.5 * ((1.0 - alpha) * torch.log(r0 * r0) + alpha * torch.log(r1 * r1)))
-    return _combine(w0, delta, norm * c0 / d_norm - 1.0, norm * c1 / d_norm)
+    return norm * c0 / d_norm - 1.0, norm * c1 / d_norm
 
 
 def egbr(w0: torch.Tensor, edited: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:

@@ -390,6 +390,19 @@ def solve_rows(
     ``prox w0`` and ``prox = lambda + mu``), so ``w0`` must be given."""
     if text.direct:
         return _solve_rows_direct(rhs_e, text, mu, alpha)
+    x = solve_rows_e(rhs_e, text, mu, alpha)
+    if text.partial:
+        if w0 is None:
+            raise ValueError("solve_rows needs w0 when the text side spans part of the input space")
+        return w0 + (x - w0 @ text.basis) @ text.basis.T
+    return x @ text.basis.T
+
+
+def solve_rows_e(rhs_e: torch.Tensor, text: TextSide, mu: float, alpha: torch.Tensor | None) -> torch.Tensor:
+    """:func:`solve_rows` before its last step: the rows ``w_i`` in the coordinates of ``text.basis`` (``[o, r]``;
+    not for the direct route)."""
+    if text.direct:
+        raise AssertionError("the direct route has no eigenbasis coordinates")
     dtype, device = rhs_e.dtype, rhs_e.device
     inv64 = 1.0 / (text.eigvals64 + mu)  # A0^{-1} in the eigenbasis of G0, float64
     correction64 = None
@@ -422,11 +435,7 @@ def solve_rows(
         a = alpha.to(device=kappa.device, dtype=torch.float64).unsqueeze(1)
         coef = cast(a / (1.0 + a * kappa.unsqueeze(0)))  # [o, k]
         x = x - ((x @ cast(up @ vecs)) * coef) @ cast(vecs.T @ h)
-    if text.partial:
-        if w0 is None:
-            raise ValueError("solve_rows needs w0 when the text side spans part of the input space")
-        return w0 + (x - w0 @ text.basis) @ text.basis.T
-    return x @ text.basis.T
+    return x
 
 
 def _solve_rows_direct(rhs: torch.Tensor, text: TextSide, mu: float, alpha: torch.Tensor | None) -> torch.Tensor:

@@ -169,7 +169,7 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
                                    origin=job.origin, report_tokens=job.report_tokens)
         lines = []
         if job.lora is not None:
-            matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"))
+            matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"), model=edited)
             mode = "exact" if job.rank == 0 else f"rank {job.rank}, relative error {error:.3g}"
             lines.append(f"wrote LoRA {job.lora} ({matrices} matrices, {mode}) and {report_path(job.lora).name}")
         if job.out is not None:

@@ -18,6 +18,7 @@ import torch
 
 from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weights
 from ...scapre_core.concepts import ConceptSet
+from ...scapre_core.lowrank import LowRankChange
 from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens
 from ...scapre_core.solve import CONCEPT_BLOCK
 from . import formats
@@ -288,12 +289,21 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                 step(offset + i, total)
 
         for name, change in erase_iter(weights, sets.erase, config, given.get(item.stream.name), progress,
-                                       device=device, changes=True):
+                                       device=device, changes=True, compact=True):
             original = weights[name]
+            target = weights.targets[name]
+            stored = None
+            if isinstance(change, LowRankChange):  # a patch of r + 1 numbers per row instead of d
+                stored = change.to(device="cpu", dtype=original.dtype)
+                change = stored.dense(original)
+                if target.rows is not None or tracker.applications[target.key].method == formats.COMPUTE:
+                    stored = None  # a block of a fused weight, or applied at compute time: dense
             change = change.to(original.dtype)  # the patch: the change as computed, not edited - original
             builder.add(name, original, original + change)
-            target = weights.targets[name]
-            _store(diffs, weights, target, change)
+            if stored is not None:
+                diffs[target.key] = stored
+            else:
+                _store(diffs, weights, target, change)
             if target.rows is None:
                 tracker.add(target.key, original, change)
             else:

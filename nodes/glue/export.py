@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import comfy.model_management
@@ -45,12 +45,17 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
 
 
 def write_lora(path: str | os.PathLike, records: tuple[EditRecord, ...], rank: int = 0,
-               step: Callable[[int, int], None] | None = None, diffs: dict | None = None,
-               contents: str = stack.EDITS) -> tuple[int, float]:
+               step: Callable[[int, int], None] | None = None, diffs: Mapping | None = None,
+               contents: str = stack.EDITS, model=None) -> tuple[int, float]:
     """Write the summed edits of ``records`` (or ``diffs``: ``stack.all_changes``) as a LoRA at ``path``
     (+ its report); returns ``(matrices, pooled relative truncation error)``. ``rank`` 0 is exact (``.diff``
-    keys). ``contents`` names what the file holds, for its metadata (``stack.lora_metadata``)."""
-    diffs = total_diffs(records) if diffs is None else diffs
+    keys). ``contents`` names what the file holds, for its metadata (``stack.lora_metadata``). ``model`` (the
+    edited MODEL) is needed when an edit is held in compact form (``stack.edit_changes``)."""
+    if diffs is None:
+        compact = any(not isinstance(d, torch.Tensor) for r in records for d in r.diffs.values())
+        if compact and model is None:
+            raise ValueError("these edits are held in compact form: give the edited MODEL to write them")
+        diffs = stack.edit_changes(model, records) if compact else total_diffs(records)
     tensors, errors = lora_state_dict(diffs, rank, progress=step)
     error = pooled_error(diffs, errors)
     metadata = provenance_metadata(records, __version__, lora={"rank": rank, "rel_error": float(f"{error:.6g}"),

@@ -39,7 +39,9 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import torch
+from comfy.weight_adapter.base import WeightAdapterBase
 
+from ...scapre_core.lowrank import LowRankChange
 from ...scapre_core.survival import WARN_ERROR, SurvivalMeter
 
 log = logging.getLogger("comfyui-scapre")
@@ -257,10 +259,60 @@ class ComputeTimeEdit:
         return self
 
 
-def apply_edit(clone, diffs: Mapping[str, torch.Tensor], applications: Mapping[str, Application]) -> None:
+class CompactEdit(WeightAdapterBase):
+    """A ComfyUI weight patch holding a compact change (``scapre_core.lowrank.LowRankChange``: a per-row
+    rescaling of the weight plus a low-rank factor) instead of a dense ``[o, d]`` matrix: ComfyUI's
+    ``calculate_weight`` calls it with the weight it applies to (the original plus the patches before it, as
+    the edit read it), and it adds ``diag(row_scale) W + left @ right`` in float32, also where ComfyUI patches
+    in a lower precision (low-VRAM patching, ComfyUI-GGUF), then returns the weight's own dtype. Only for
+    whole weights (no ``offset``) applied as patches (``PATCH``, ``GGUF``)."""
+
+    name = "scapre"
+
+    def __init__(self, change: LowRankChange) -> None:
+        self.change = change
+        self.loaded_keys: set[str] = set()
+        self.weights = [t for t in (change.row_scale, change.left, change.right) if t is not None]
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        if strength == 0.0:
+            return weight
+        if offset is not None or tuple(weight.shape) != tuple(self.change.shape):
+            log.warning("ScaPre: the compact edit of %s is %s, the weight %s: not applied", key,
+                        tuple(self.change.shape), tuple(weight.shape))
+            return weight
+        value = weight.to(torch.float32)
+        diff = self.change.dense(value)
+        if strength != 1.0:
+            diff = diff * strength
+        return (value + function(diff)).to(weight.dtype)
+
+    def __deepcopy__(self, memo: dict) -> CompactEdit:
+        return self
+
+
+def patch_value(diff: torch.Tensor | LowRankChange):
+    """The value of ComfyUI's ``add_patches`` for one of this pack's changes: ``(diff,)`` or a :class:`CompactEdit`."""
+    return CompactEdit(diff) if isinstance(diff, LowRankChange) else (diff,)
+
+
+def is_ours(value, ours: set[int]) -> bool:
+    """Whether the patch ``value`` holds one of the changes whose ``id`` is in ``ours``."""
+    if isinstance(value, CompactEdit):
+        return id(value.change) in ours
+    return isinstance(value, tuple) and len(value) == 1 and id(value[0]) in ours
+
+
+def apply_edit(clone, diffs: Mapping[str, torch.Tensor | LowRankChange], applications: Mapping[str, Application]
+               ) -> None:
     """Put ``diffs`` on ``clone`` (a fresh clone: the caller's input model stays untouched), each key by
-    its application's method."""
-    patches = {k: (d,) for k, d in diffs.items() if applications[k].method != COMPUTE}
+    its application's method. A compact change (:class:`LowRankChange`) must be for a whole weight applied as
+    a patch (``PATCH`` or ``GGUF``)."""
+    compute = [k for k, d in diffs.items() if isinstance(d, LowRankChange) and applications[k].method == COMPUTE]
+    if compute:
+        raise AssertionError(f"a compact change cannot be applied at compute time ({compute[0]})")
+    patches = {k: patch_value(d) for k, d in diffs.items() if applications[k].method != COMPUTE}
     added = set(clone.add_patches(patches, 1.0, 1.0)) if patches else set()
     missing = set(patches) - added
     if missing:
@@ -397,7 +449,7 @@ def describe_base(entries: Mapping[str, Entry], records) -> dict[str, Any]:
     for key, entry in entries.items():
         for patch in entry.patches:
             strength, value, strength_model = patch[0], patch[1], patch[2]
-            if isinstance(value, tuple) and len(value) == 1 and id(value[0]) in ours:
+            if is_ours(value, ours):
                 continue
             groups.setdefault((patch_kind(value), float(strength), float(strength_model)), set()).add(key)
         if any(not is_edit_function(f) for f in entry.wrappers):

@@ -17,6 +17,7 @@ import torch
 from ...scapre_core.concepts import ConceptSet
 from ...scapre_core.config import ScaPreConfig
 from ...scapre_core.informax import InformaxResult
+from ...scapre_core.lowrank import LowRankChange
 from ...scapre_core.prompts import PromptPlan
 from ...scapre_core.report import EditReport
 
@@ -78,9 +79,11 @@ class InformaxPayload(_Shared):
 @dataclass(frozen=True, eq=False)
 class EditRecord(_Shared):
     """One ScaPre edit applied to a MODEL: what was erased, how, and the exact weight differences
-    (the same tensors as the model's patches; ``W_new - W_in`` per key, float32 on the CPU)."""
+    (the same tensors as the model's patches; ``W_new - W_in`` per key, float32 on the CPU). A difference with
+    a compact form (``scapre_core.lowrank.LowRankChange``: a row rescaling of ``W_in`` plus a low-rank factor)
+    is held in it; ``stack.edit_changes`` gives every difference as a matrix."""
 
-    diffs: Mapping[str, torch.Tensor]
+    diffs: Mapping[str, torch.Tensor | LowRankChange]
     report: EditReport
     concepts: Mapping[str, Any]
     config: Mapping[str, Any]

@@ -10,9 +10,14 @@ too, and turns the original checkpoint into the edited model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
+import comfy.lora
 import torch
 
+from ...scapre_core.lowrank import LowRankChange
 from . import formats
+from .payloads import total_diffs
 from .weights import EffectiveWeights
 
 #: ScaPre Save LoRA's ``contents`` choices.
@@ -72,3 +77,74 @@ def all_changes(model) -> tuple[dict[str, torch.Tensor], list[str]]:
         warnings.append(f"{len(weights.foreign_functions)} weights carry weight functions of other nodes, which a "
                         "LoRA cannot hold: they are not in this file")
     return out, warnings
+
+
+class EditChanges(Mapping):
+    """The summed change of the ScaPre edits ``records`` per weight, ``W - W_in`` in float32 on the CPU, one
+    weight at a time (nothing held but the last): a dense change as it is stored; a compact one
+    (``scapre_core.lowrank``) made dense on the weight it applies to, the key's original with every patch
+    before it in the model's patch list, as ComfyUI applies them (``formats.CompactEdit``)."""
+
+    def __init__(self, model, records) -> None:
+        self._records = tuple(records)
+        self._keys = sorted({k for r in self._records for k in r.diffs})
+        self._compact = {id(d) for r in self._records for d in r.diffs.values() if isinstance(d, LowRankChange)}
+        self._entries = formats.key_entries(model, [k for k in self._keys if any(
+            isinstance(r.diffs.get(k), LowRankChange) for r in self._records)])
+        self._last: tuple[str, torch.Tensor] | None = None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        with torch.no_grad():
+            total = self._change(key)
+        self._last = (key, total)
+        return total
+
+    def _change(self, key: str) -> torch.Tensor:
+        if key not in self._entries:
+            total = None
+            for record in self._records:
+                d = record.diffs.get(key)
+                if d is not None:
+                    total = d.to(torch.float32).clone() if total is None else total + d
+            if total is None:
+                raise KeyError(key)
+            return total
+        entry = self._entries[key]
+        weight = formats.read_original(entry).to(torch.float32)
+        total = torch.zeros_like(weight)
+        found = 0
+        for patch in entry.patches:
+            value = patch[1]
+            if isinstance(value, formats.CompactEdit) and id(value.change) in self._compact:
+                change = value.change.dense(weight)
+                if patch[0] != 1.0:
+                    change = change * patch[0]
+                total += change
+                weight = weight + change
+                found += 1
+                continue
+            weight = comfy.lora.calculate_weight([patch], weight, key, intermediate_dtype=torch.float32)
+        if found != sum(1 for r in self._records if isinstance(r.diffs.get(key), LowRankChange)):
+            raise RuntimeError(f"the model does not carry every ScaPre edit of {key} as a patch: save the edit from "
+                               "the MODEL that ScaPre Erase output")
+        dense = [r.diffs[key] for r in self._records if isinstance(r.diffs.get(key), torch.Tensor)]
+        for d in dense:
+            total += d.to(torch.float32)
+        return total
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def edit_changes(model, records) -> Mapping[str, torch.Tensor]:
+    """The summed change of the ScaPre edits ``records`` of ``model`` per weight (float32, CPU): the records'
+    own dense changes added up when every change is dense, else :class:`EditChanges` (made dense from the
+    model, one weight at a time)."""
+    if all(isinstance(d, torch.Tensor) for r in records for d in r.diffs.values()):
+        return total_diffs(tuple(records))
+    return EditChanges(model, records)

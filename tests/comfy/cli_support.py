@@ -66,7 +66,7 @@ def _node_edit(c, model, clip, preset="custom", settings=None, **encode):
         (extra["settings"],) = c.run_node("ScaPreSettings", **settings)
     edited = c.run_node("ScaPreEraseSimple", model=model, concepts=concepts, preset=preset, strength=1.0, seed=0,
                         **extra)[0]
-    return edited, edited.model_options["scapre_edits"][-1].diffs
+    return edited, comfy_support.edit_diffs(edited)
 
 
 def _lora_diffs(c, path: Path) -> dict:

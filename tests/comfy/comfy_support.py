@@ -202,6 +202,16 @@ def run_node(node_cls: type, /, *, unique_id: str = "1", prompt: dict | None = N
     return NodeResult(tuple(out) if out is not None else (), None)
 
 
+def edit_diffs(model, index: int = -1) -> dict:
+    """``{key: W_new - W_in}`` (float32) of ``model``'s ScaPre edit number ``index`` (default: the last), every
+    change as a matrix (an edit holds a change with a compact form in that form: the pack's
+    ``stack.edit_changes`` makes it dense from the model)."""
+    record = model.model_options["scapre_edits"][index]
+    stack = sys.modules[type(record).__module__.rsplit(".", 1)[0] + ".stack"]
+    changes = stack.edit_changes(model, (record,))
+    return {k: changes[k] for k in changes}
+
+
 @dataclass
 class InProcessComfy:
     """A ComfyUI imported into this process, with core nodes, comfy_extras and (if loadable) this pack."""

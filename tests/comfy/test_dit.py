@@ -240,7 +240,7 @@ def test_only_the_intended_weights_change(dit, edited):
 
     name, model, _ = dit
     pattern = re.compile(EXPECTED[name][1])
-    diffs = edited["model"].model_options["scapre_edits"][-1].diffs
+    diffs = comfy_support.edit_diffs(edited["model"])
     assert diffs and all(pattern.fullmatch(k.removeprefix("diffusion_model.")) for k in diffs)
     patched = set(edited["model"].patches)
     assert patched == set(diffs)
@@ -249,6 +249,32 @@ def test_only_the_intended_weights_change(dit, edited):
         for d in diffs.values():
             half = d.shape[0] // 2
             assert float(d[:half].abs().max()) > 0 and float(d[half:].abs().max()) > 0
+
+
+def test_compact_patches_hold_less_and_apply_in_float32(dit, edited, scapre_nodes):
+    """Where a change has a compact form that saves memory (short text in a wide space: the span route), the
+    edited MODEL holds it as a ``CompactEdit`` patch (the Flux-sized maps always do); ComfyUI applies it in
+    float32 even where it patches in bfloat16 (low-VRAM patching), and it equals the dense change."""
+    import comfy.lora
+    import torch
+
+    name, model, _ = dit
+    formats = _glue(scapre_nodes, "formats")
+    lowrank = sys.modules[scapre_nodes.pack_module().__name__ + ".scapre_core.lowrank"]
+    record = edited["model"].model_options["scapre_edits"][-1]
+    compact = {k: d for k, d in record.diffs.items() if isinstance(d, lowrank.LowRankChange)}
+    if name in ("flux", "sd3", "qwen"):  # 3072-4096-wide text-input maps, two prompts: a small span
+        assert compact, f"{name}: no compact change"
+    dense = comfy_support.edit_diffs(edited["model"])
+    for key, change in compact.items():
+        (patch,) = [p for p in edited["model"].patches[key] if isinstance(p[1], formats.CompactEdit)]
+        assert patch[1].change is change and lowrank.worth_it(change)
+        assert change.nbytes() <= 0.5 * change.shape[0] * change.shape[1] * 4
+        w0 = model.get_key_patches("diffusion_model.")[key][0][0].detach().float()
+        assert torch.allclose(change.dense(w0), dense[key])
+        low = comfy.lora.calculate_weight([patch], w0.to(torch.bfloat16), key, intermediate_dtype=torch.bfloat16)
+        want = (w0.to(torch.bfloat16).float() + change.dense(w0.to(torch.bfloat16).float())).to(torch.bfloat16)
+        assert low.dtype == torch.bfloat16 and torch.equal(low, want)
 
 
 def test_report_names_the_architecture_and_method(dit, edited):
@@ -280,7 +306,7 @@ def test_lora_round_trip_through_loraloader(dit, edited, scapre_nodes, tmp_path)
     full = Path(c.folder_paths.get_output_directory()) / path
     lora = comfy.utils.load_torch_file(str(full), safe_load=True)
     loaded, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
-    diffs = edited["model"].model_options["scapre_edits"][-1].diffs
+    diffs = comfy_support.edit_diffs(edited["model"])
     assert set(loaded.patches) == set(diffs)
     want = _live(edited["model"], list(diffs))
     got = _live(loaded, list(diffs))
@@ -299,7 +325,7 @@ def test_model_save_bakes_the_edit(dit, edited, scapre_nodes):
     c.run_node("ModelSave", model=edited["model"], filename_prefix=f"diffusion_models/dit_{name}")
     out = Path(c.folder_paths.get_output_directory()) / "diffusion_models"
     (saved,) = sorted(out.glob(f"dit_{name}_*.safetensors"))
-    diffs = edited["model"].model_options["scapre_edits"][-1].diffs
+    diffs = comfy_support.edit_diffs(edited["model"])
     want = _live(edited["model"], list(diffs))
     if dit_support.MODELS[name][2]:  # detectable at this size: reload as UNETLoader would
         reloaded = comfy.sd.load_diffusion_model(str(saved))

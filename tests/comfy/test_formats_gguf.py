@@ -129,7 +129,7 @@ def test_gguf_edit_is_sampled_as_printed(scapre_nodes, gguf_env, sd15_loaded, qt
         assert set(keys) <= set(edited.patches)  # ComfyUI-GGUF applies them when it dequantizes
         before = formats_support.sampled_weights(model, keys)
         after = formats_support.sampled_weights(edited, keys)
-        measured = formats_support.measured_survival(before, after, record.diffs)
+        measured = formats_support.measured_survival(before, after, comfy_support.edit_diffs(edited))
         assert measured["surviving"] == pytest.approx(weights["surviving"], abs=1e-9)
         assert measured["error"] == pytest.approx(weights["error"], rel=1e-6, abs=1e-12)
         assert measured["error"] < 1e-4
@@ -164,7 +164,7 @@ def test_gguf_lora_loads_on_the_gguf_and_on_the_full_precision_model(scapre_node
             loaded = c.run_node("LoraLoaderModelOnly", model=base, lora_name=lora.name, strength_model=1.0)[0]
             before = formats_support.sampled_weights(base, keys)
             after = formats_support.sampled_weights(loaded, keys)
-            got = formats_support.measured_survival(before, after, record.diffs)
+            got = formats_support.measured_survival(before, after, comfy_support.edit_diffs(edited))
             assert got["surviving"] == pytest.approx(1.0, abs=1e-5) and got["error"] < 1e-4
         with pytest.raises(ValueError, match="GGUF"):
             c.run_node("ScaPreSaveCheckpoint", model=edited, clip=sd15_loaded[1], vae=sd15_loaded[2],

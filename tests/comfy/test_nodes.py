@@ -58,7 +58,7 @@ def _erase_simple(c, model, concepts, preset="custom", strength=1.0, seed=0, **o
 
 
 def _diffs(edited):
-    return edited.model_options["scapre_edits"][-1].diffs
+    return comfy_support.edit_diffs(edited)
 
 
 def _same_edit(a, b) -> bool:
@@ -175,7 +175,7 @@ def test_edited_weights_are_original_plus_the_edit(scapre_nodes, sd15_loaded, sd
     keys = sorted(edited.patches)
     originals = _originals(model, keys)
     live = _live_weights(edited, keys)
-    diffs = edited.model_options["scapre_edits"][-1].diffs
+    diffs = _diffs(edited)
     for k in keys:
         assert _rel(live[k], originals[k] + diffs[k]) < 1e-6
         assert _rel(live[k], originals[k]) > 1e-4  # the edit really changed the weight
@@ -200,8 +200,8 @@ def test_precomputed_informax_gives_the_same_edit(scapre_nodes, sd15_loaded, sd1
 
     model = sd15_loaded[0]
     inline = _erase(scapre_nodes, model, sd15_edit["concepts"])[0]
-    a = sd15_edit["edited"].model_options["scapre_edits"][-1].diffs
-    b = inline.model_options["scapre_edits"][-1].diffs
+    a = _diffs(sd15_edit["edited"])
+    b = _diffs(inline)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -260,11 +260,12 @@ def test_edit_again_and_compose_with_lora(scapre_nodes, sd15_loaded, sd15_edit, 
     second = _erase(c, first, more)[0]
     records = second.model_options["scapre_edits"]
     assert len(records) == 2 and len(first.model_options["scapre_edits"]) == 1
+    one, two = comfy_support.edit_diffs(second, 0), comfy_support.edit_diffs(second, 1)
     keys = sorted(second.patches)
     live = _live_weights(second, keys)
     base = _originals(model, keys)
     for k in keys:
-        assert _rel(live[k], base[k] + records[0].diffs[k] + records[1].diffs[k]) < 1e-6
+        assert _rel(live[k], base[k] + one[k] + two[k]) < 1e-6
 
     saved = c.run_node("ScaPreSaveLoRA", model=second, filename_prefix="scapre_twice", rank=0)
     lora_file = Path(c.folder_paths.get_output_directory()) / saved[0]
@@ -277,10 +278,10 @@ def test_edit_again_and_compose_with_lora(scapre_nodes, sd15_loaded, sd15_edit, 
         assert _rel(again[k], live[k]) < 1e-5
     # an erase after a LoRA starts from the LoRA'd weights
     (after_lora,) = [_erase(c, reloaded, more)[0]]
-    rec = after_lora.model_options["scapre_edits"][-1]
+    rec = _diffs(after_lora)
     w_in = _live_weights(reloaded, keys)
     w_out = _live_weights(after_lora, keys)
-    assert all(torch.allclose(w_out[k], w_in[k] + rec.diffs[k], atol=1e-5) for k in keys)
+    assert all(torch.allclose(w_out[k], w_in[k] + rec[k], atol=1e-5) for k in keys)
 
 
 # ------------------------------------------------------------------------------------------------
