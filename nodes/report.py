@@ -35,7 +35,8 @@ class ScaPreReport(io.ComfyNode):
     def execute(cls, report) -> io.NodeOutput:
         if not isinstance(report, EditReport):
             raise ValueError("report must come from the report output of a ScaPre Erase node")
-        table = report.to_markdown() + weights_markdown(report.info.get("weights"), report.info.get("computed_on"))
+        table = report.to_markdown() + weights_markdown(report.info.get("weights"), report.info.get("computed_on"),
+                                                         patches=report.info.get("patches"))
         from .glue.figure import FigureUnavailable, render
 
         try:

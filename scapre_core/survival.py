@@ -91,10 +91,10 @@ class SurvivalMeter:
 
 
 def weights_markdown(weights: Mapping[str, Any] | None, computed_on: Mapping[str, Any] | None = None,
-                     worst: int = 5) -> str:
+                     worst: int = 5, patches: Mapping[str, Any] | None = None) -> str:
     """The report table's section on the model's weights: what the edit was computed on, the format, how
-    the edit was applied, and how much of it the sampled weights carry (pooled and the matrices that carry
-    the least). Empty without data."""
+    the edit was applied, what the edited MODEL holds for it (``patches``: ``nodes/glue/edit.patch_memory``), and
+    how much of it the sampled weights carry (pooled and the matrices that carry the least). Empty without data."""
     if not weights:
         return ""
     lines = ["", "### Weights the model samples with", ""]
@@ -102,6 +102,10 @@ def weights_markdown(weights: Mapping[str, Any] | None, computed_on: Mapping[str
         lines.append(f"- edit computed on: {computed_on['text']}")
     lines.append(f"- format: {weights.get('format', '?')}; compute dtype {weights.get('compute_dtype', '?')}")
     lines.append(f"- edit applied: {weights.get('applied', '?')}")
+    if patches:
+        lines.append(f"- held by the edited MODEL: {patches['mb']:.1f} MB ({patches['compact']} of "
+                     f"{patches['weights']} weights as a row rescaling plus a low-rank factor; "
+                     f"{patches['dense_mb']:.1f} MB as dense float32 matrices)")
     s, e = weights.get("surviving"), weights.get("error")
     if s is not None or e is not None:
         threshold = weights.get("threshold", WARN_ERROR)

@@ -83,6 +83,9 @@ def test_weights_markdown_names_format_method_and_the_worst_matrices():
     rows = [line for line in text.splitlines() if line.startswith("| ") and "matrix" not in line]
     assert rows[0].startswith("| mid.t0.v") and rows[1].startswith("| in1.t0.k")  # largest error first
     assert weights_markdown(None) == ""
+    assert "held by the edited MODEL" not in text
+    held = weights_markdown(info, patches={"weights": 80, "compact": 80, "mb": 159.8, "dense_mb": 8000.0})
+    assert "held by the edited MODEL: 159.8 MB (80 of 80 weights as a row rescaling" in held and "8000.0 MB" in held
 
 
 def test_lora_file_writes_biases_and_non_matrix_weights_exactly():

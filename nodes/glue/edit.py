@@ -315,6 +315,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
     for key in sorted(sliced):  # fused weights (a key and a value matrix in one): measured whole
         tracker.add(key, effective[key], diffs[key])
     seconds = time.perf_counter() - start
+    patches = patch_memory(diffs)
     warnings += tracker.warnings()
     report = combine_reports(reports, [i.stream.name for i in inputs], config=config.to_dict(),
                              seconds=seconds, warnings=tuple(warnings), concept_of=concept_of,
@@ -323,14 +324,36 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                                    "method": arch.method,
                                    "informax": "precomputed" if given else "computed", "used": used,
                                    "report_tokens": report_tokens,
-                                   "report_tokens_per_prompt": scope_tokens(report_tokens), **tracker.info()})
+                                   "report_tokens_per_prompt": scope_tokens(report_tokens), "patches": patches,
+                                   **tracker.info()})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),
                         edit=edit, version=__version__)
     edited_model = patched_clone(model, diffs, record, tracker.applications)
     summary = report.summary()
-    log.info("ScaPre Erase (%s): %d concept(s), %d matrices in %.2f s, mean efficacy %s", arch.name,
-             summary["concepts"], summary["matrices"], seconds, summary["mean_efficacy"])
+    log.info("ScaPre Erase (%s): %d concept(s), %d matrices in %.2f s, mean efficacy %s; patches %.1f MB (%d of %d "
+             "weights in compact form; %.1f MB as dense matrices)", arch.name, summary["concepts"], summary["matrices"],
+             seconds, summary["mean_efficacy"], patches["mb"], patches["compact"], patches["weights"],
+             patches["dense_mb"])
     return edited_model, record
+
+
+def patch_memory(diffs: Mapping[str, torch.Tensor | LowRankChange]) -> dict[str, Any]:
+    """What the edited MODEL holds for ``diffs``: ``weights``, how many of them in compact form (``compact``),
+    the megabytes held (``mb``; a right factor shared by several changes counted once) and what dense float32
+    matrices would take (``dense_mb``)."""
+    held, dense, shared = 0, 0, set()
+    for diff in diffs.values():
+        dense += math.prod(diff.shape) * 4
+        if isinstance(diff, LowRankChange):
+            held += diff.nbytes(shared=True)
+            if diff.right.data_ptr() not in shared:
+                shared.add(diff.right.data_ptr())
+                held += diff.right.numel() * diff.right.element_size()
+        else:
+            held += diff.numel() * diff.element_size()
+    compact = sum(isinstance(d, LowRankChange) for d in diffs.values())
+    return {"weights": len(diffs), "compact": compact, "mb": round(held / 2**20, 2),
+            "dense_mb": round(dense / 2**20, 2)}
 
 
 def _stream_memory(model, targets: list[Target], sets: StreamSets, config: ScaPreConfig) -> int:

@@ -266,6 +266,10 @@ def test_compact_patches_hold_less_and_apply_in_float32(dit, edited, scapre_node
     if name in ("flux", "sd3", "qwen"):  # 3072-4096-wide text-input maps, two prompts: a small span
         assert compact, f"{name}: no compact change"
     dense = comfy_support.edit_diffs(edited["model"])
+    held = edited["report"].info["patches"]  # what the report says the MODEL holds
+    assert (held["weights"], held["compact"]) == (len(record.diffs), len(compact))
+    assert held["dense_mb"] == pytest.approx(sum(d.numel() * 4 for d in dense.values()) / 2**20, abs=0.01)
+    assert (held["mb"] < held["dense_mb"]) == bool(compact)
     for key, change in compact.items():
         (patch,) = [p for p in edited["model"].patches[key] if isinstance(p[1], formats.CompactEdit)]
         assert patch[1].change is change and lowrank.worth_it(change)
