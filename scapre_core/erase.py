@@ -264,7 +264,9 @@ def erase_iter(
             compact_change = lowrank_change(w0, text, stats, config) if changes and compact else None
             if compact_change is not None and worth_it(compact_change):
                 log.debug("edited %s %s (rank %d)", name, tuple(w0.shape), compact_change.rank)
-                right = rights.setdefault(source.device, compact_change.right.to(device=source.device))
+                if source.device not in rights:
+                    rights[source.device] = compact_change.right.to(device=source.device)
+                right = rights[source.device]
                 yield name, LowRankChange(
                     None if compact_change.row_scale is None else compact_change.row_scale.to(device=source.device),
                     compact_change.left.to(device=source.device), right)  # one right factor for every matrix
