@@ -146,7 +146,8 @@ def test_float16_weights_take_weight_patches(scapre_nodes, fp8_env):
         assert (weights["format"], weights["methods"]) == ("float16", "patch")
         assert set(keys) <= set(edited.patches)
         measured = formats_support.measured_survival(formats_support.sampled_weights(model, keys),
-                                                     formats_support.sampled_weights(edited, keys), record.diffs)
+                                                     formats_support.sampled_weights(edited, keys),
+                                                     comfy_support.edit_diffs(edited))
         _assert_printed_is_measured(report, measured)
         assert 0 < measured["error"] < 0.01  # float16 rounding of the stored sum
     assert not any("compute time" in w for w in report.warnings)
@@ -168,7 +169,8 @@ def test_a_weak_edit_on_bfloat16_weights_warns(scapre_nodes, fp8_env):
         # the dtype ComfyUI computes in on this device (the CPU may cast bfloat16 weights to float32)
         assert weights["compute_dtype"] in ("bfloat16", "float32")
         measured = formats_support.measured_survival(formats_support.sampled_weights(model, keys),
-                                                     formats_support.sampled_weights(edited, keys), record.diffs)
+                                                     formats_support.sampled_weights(edited, keys),
+                                                     comfy_support.edit_diffs(edited))
         _assert_printed_is_measured(report, measured)
         table = c.run_node("ScaPreReport", report=report)[1]
     assert measured["error"] > 0.05
