@@ -307,6 +307,7 @@ DIT_CASES = {
     # HiDream I1: caption_projection.48 (T5, 128 rows) here; the 48 projections over Llama-3.1 layers (128 rows
     # each, HIDREAM_LLAMA_LAYERS) are streams of their own, added by run_dit_case
     "hidream_50": (1, ((2560, 4096),), 128, (4, 24), "distinct", None, (2560, 2048)),
+    "hidream_10": (1, ((2560, 4096),), 128, (4, 24), "distinct", None, (2560, 2048)),
 }
 #: HiDream I1's llama_layers (ComfyUI's detection): caption_projection.<i> reads Llama layer HIDREAM_LLAMA_LAYERS[i].
 HIDREAM_LLAMA_LAYERS = tuple(range(32)) + (31,) * 16
@@ -344,7 +345,7 @@ def t5_like_encodings(name: str, seed: int = 0):
     d = 4096 if name != "qwen_50" else 3584
     g = torch.Generator().manual_seed(seed)
     outliers = torch.randperm(d, generator=g)[:6]
-    plan = plan_prompts(", ".join(f"concept {j}" for j in range(50)))
+    plan = plan_prompts(", ".join(f"concept {j}" for j in range(int(name.rsplit("_", 1)[1]))))  # the case's count
 
     def encoding(words: int) -> Encoding:
         rows = 0.15 * torch.randn(length, d, generator=g)
@@ -355,7 +356,7 @@ def t5_like_encodings(name: str, seed: int = 0):
         last = words - 1 if words else None
         seg = Segment(("t5xxl",), 0, length, real if padding == "masked" else length, last, False)
         pooled = torch.randn(768 if name == "flux_50" else 2048, generator=g) if DIT_CASES[name][6] else None
-        if name == "hidream_50":  # Llama-3.1 on a GPU runs in bfloat16: its outputs are bfloat16 values
+        if name.startswith("hidream"):  # Llama-3.1 on a GPU runs in bfloat16: its outputs are bfloat16 values
             rows = rows.to(torch.bfloat16).float()
         return Encoding(compress_tail(rows), length, (seg,), pooled)
 
@@ -401,7 +402,7 @@ def run_dit_case(name: str, device: str, merge: bool = True, exact: bool = False
     text_seconds, text_cpu = time.perf_counter() - start, _cpu_seconds() - text_cpu
     shapes = {f"blocks.{b}.m{i}.weight": s for b in range(blocks) for i, s in enumerate(per_block)}
     streams = [("text", sets, LazyWeights(shapes))]
-    if name == "hidream_50":  # one stream per Llama-3.1 layer, with the projections that read it; as the pack
+    if name.startswith("hidream"):  # one stream per Llama-3.1 layer, with the projections that read it; as the pack
         # does, each stream's text side is built when its matrices are edited and dropped after
         for layer in sorted(set(HIDREAM_LLAMA_LAYERS)):
             plan_k, encoded_k = t5_like_encodings(name, seed=1 + layer)
