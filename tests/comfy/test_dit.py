@@ -281,6 +281,43 @@ def test_compact_patches_hold_less_and_apply_in_float32(dit, edited, scapre_node
         assert low.dtype == torch.bfloat16 and torch.equal(low, want)
 
 
+def test_compact_edit_on_top_of_another_patch(dit, edited, scapre_nodes):
+    """An edit applies to the weight it was computed on, the model's patches before it included (a compact change
+    rescales that weight's rows): erase on a model that already carries a patch (a merge-like "diff" on every edited
+    weight), and the edit's own change, made dense from the model, is what the sampled weights gained; ScaPre Save
+    LoRA's "all changes" holds both."""
+    import torch
+
+    name, model, _ = dit
+    c = scapre_nodes
+    keys = sorted(edited["model"].model_options["scapre_edits"][-1].diffs)
+    gen = torch.Generator().manual_seed(3)
+    before = _live(model, keys)
+    extra = {k: 0.01 * torch.randn(before[k].shape, generator=gen) for k in keys}
+    patched = model.clone()
+    patched.add_patches({k: (v,) for k, v in extra.items()}, 1.0, 1.0)
+    out = c.run_node("ScaPreEraseSimple", model=patched, concepts=edited["concepts"], preset="custom", strength=1.0,
+                     seed=SEED)[0]
+    lowrank = sys.modules[c.pack_module().__name__ + ".scapre_core.lowrank"]
+    if name in ("flux", "qwen"):  # their text-input maps always take a compact change (the test above)
+        assert any(isinstance(d, lowrank.LowRankChange) for d in out.model_options["scapre_edits"][-1].diffs.values())
+    start, end = _live(patched, keys), _live(out, keys)
+    change = comfy_support.edit_diffs(out)
+    for k in keys:
+        assert float((start[k] - before[k] - extra[k]).norm() / extra[k].norm()) < 1e-5
+        assert float((end[k] - start[k] - change[k]).norm() / change[k].norm()) < 1e-4, k
+    (path,) = c.run_node("ScaPreSaveLoRA", model=out, filename_prefix=f"loras/dit_stack_{name}", rank=0,
+                         contents="all changes")
+    import comfy.sd
+    import comfy.utils
+
+    lora = comfy.utils.load_torch_file(str(Path(c.folder_paths.get_output_directory()) / path), safe_load=True)
+    loaded, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    got = _live(loaded, keys)
+    for k in keys:
+        assert float((got[k] - end[k]).norm() / (end[k] - before[k]).norm()) < 1e-4, k
+
+
 def test_report_names_the_architecture_and_method(dit, edited):
     name, _, _ = dit
     report = edited["report"]
