@@ -53,7 +53,7 @@ class ScaPreConceptEncode(io.ComfyNode):
                 io.Combo.Input("look_alikes", options=list(LOOK_ALIKES), default="off", optional=True,
                                tooltip="For the precise preset (beyond the paper): auto finds each concept's two "
                                        "nearest look-alikes in this CLIP's own text space among about 200 everyday "
-                                       "concepts (plus your preserve prompts), guides it to their mean and keeps "
+                                       "concepts (plus your preserve prompts), guides it to the nearest and keeps "
                                        "them all; 'preserve prompts' uses only yours; off (default) skips this (the "
                                        "published presets do not use it; auto costs one encoding of the candidates). "
                                        "The look-alikes found are shown below."),

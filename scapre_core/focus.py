@@ -17,8 +17,8 @@ is UCE's least squares::
 float64 and every matrix is then one product. A token ``u`` changes only through ``V^T u``: tokens of the
 references, which the metric keeps out of ``V``, hardly move, whatever the width of the text space.
 
-With a guide that is the mean of the concept's nearest neighbours (``neighbour_guide``), the difference ``X_j - Y_j``
-is what sets the concept apart from its look-alikes, and the edit replaces it by their mean.
+With a guide that is the concept's nearest look-alike, or the mean of several (``neighbour_guide``), the difference
+``X_j - Y_j`` is what sets the concept apart from its look-alikes, and the edit replaces it by theirs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ import torch
 
 from .concepts import ConceptSet
 from .config import ScaPreConfig
+
+#: Look-alikes whose encodings guide each concept (the ``precise`` preset; beyond the paper): the nearest one. The
+#: mean of the two nearest (this preset's first form) can name nothing the model draws (a shape's two nearest may be a
+#: shape and a colour), and the model then falls back on what it draws when nothing is named; the nearest alone forgot
+#: every single concept in every miniature world (docs/miniworlds.md).
+GUIDE_NEIGHBOURS = 1
+#: Look-alikes found per concept and shown to the user (the guide's, then the next nearest; all are kept).
+LOOK_ALIKES_SHOWN = 2
 
 
 def focus_directions(concepts: ConceptSet, config: ScaPreConfig, device: torch.device) -> torch.Tensor:

@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
                "the UCE baseline (Gandikota et al. 2024), for comparison: erase_scale 1"),
         Preset("precise",
                ScaPreConfig(variant="focus", erase_scale=1.0, focus_rank=2, focus_eps=1e-3, **_PUBLISHED),
-               "BEYOND THE PAPER: each concept is guided to the mean of its nearest look-alikes and only the text "
+               "BEYOND THE PAPER: each concept is guided to its nearest look-alike and only the text "
                "directions that set it apart from the prompts to keep are edited (focus variant, focus_rank 2); "
                "needs look-alikes and prompts to keep (ScaPre Concept Encode finds them: look_alikes auto)"),
     )

@@ -74,12 +74,14 @@ def test_look_alikes_are_the_nearest_in_the_models_text_space_and_guide_the_focu
     assert payload.look_alikes == {"red": ("crimson", "scarlet")}
     assert payload.describe()["look_alikes"] == {"red": ["crimson", "scarlet"]}
     focus = payload.focus
-    assert focus.guide_texts == ("crimson + scarlet",) and focus.num_concepts == 1
-    # the guide is the mean of the look-alikes' tokens from their last word on
+    assert focus.guide_texts == ("crimson",) and focus.num_concepts == 1
+    # the guide is the nearest look-alike's tokens from its last word on (GUIDE_NEIGHBOURS 1), not the next one's
     enc = glue.PromptEncoder(clip)
     (c_seq, c_last), (s_seq, s_last) = glue._tokens_of(enc, "crimson"), glue._tokens_of(enc, "scarlet")
-    mean = 0.5 * (c_seq[c_last:] + s_seq[s_last:])
-    assert torch.allclose(focus.targets[0].to(torch.float32), mean[:focus.targets[0].shape[0]], atol=1e-6)
+    t = focus.targets[0].shape[0]
+    assert glue.GUIDE_NEIGHBOURS == 1 and glue.LOOK_ALIKES_SHOWN == 2
+    assert torch.allclose(focus.targets[0].to(torch.float32), c_seq[c_last:][:t], atol=1e-6)
+    assert not torch.allclose(focus.targets[0].to(torch.float32), s_seq[s_last:][:t], atol=1e-3)
     # the references: every candidate (preserve prompts, each once) and the empty prompt
     refs = [glue._tokens_of(enc, t) for t in ("azure", "scarlet", "crimson", "dog", "")]
     expected = reference_gram([s for s, _ in refs], [f for _, f in refs[:-1]] + [0])
@@ -97,7 +99,7 @@ def test_look_alikes_leave_the_edits_own_prompts_as_without_them():
     assert torch.equal(off.preserve.contexts[0], auto.preserve.contexts[0])
     assert set(auto.look_alikes) == {"red", "azure"}
     for concept, found in auto.look_alikes.items():
-        assert len(found) == glue.GUIDE_NEIGHBOURS and concept not in found
+        assert len(found) == glue.LOOK_ALIKES_SHOWN and concept not in found
         assert all(f in CANDIDATES or f == "crimson" for f in found)
     assert auto.look_alikes["red"][0] == "crimson"  # the planted look-alike beats the whole vocabulary
 

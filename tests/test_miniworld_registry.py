@@ -11,7 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
-from miniworld.bench import merge, pool
+from miniworld.bench import UNNAMED, concept_table, merge, pool, unnamed_prompt
+from miniworld.evaluate import Ask
 from miniworld.model import TEXT_ENCODER_KINDS, ModelConfig, build_text_encoder
 from miniworld.probe import end_token_share
 from miniworld.train import TrainConfig
@@ -80,6 +81,33 @@ def test_pool_adds_counts():
     assert both["keep_look"]["rate"] == 0.5 and both["keep_other"]["rate"] == 1.0
     assert both["quality"]["mean"] == 0.75 and both["quality"]["n"] == 4
     assert 0 < both["forget"]["lo"] < 0.5 < both["forget"]["hi"] < 1
+
+
+def test_pool_adds_each_concepts_forget_and_the_table_shows_them():
+    def summary(red: tuple[int, int], pair: tuple[int, int]) -> dict:
+        by = {"red": {"k": red[0], "n": red[1]}, "green triangle": {"k": pair[0], "n": pair[1]}}
+        return {"forget": {"k": red[0] + pair[0], "n": red[1] + pair[1]}, "keep_look": {"k": 1, "n": 1},
+                "keep_other": {"k": 1, "n": 1}, "quality": {"sum": 1.0, "sumsq": 1.0, "n": 1},
+                "forget_by_concept": by}
+    a, b = pool([summary((0, 4), (4, 4))]), pool([summary((2, 4), (3, 4))])
+    both = pool([a, b])
+    assert both["forget_by_concept"]["red"] == {"k": 2, "n": 8, "rate": 0.25}
+    assert both["forget_by_concept"]["green triangle"]["rate"] == 0.875
+    text = concept_table({"w1": {"5": {"m": a}}, "w2": {"5": {"m": b}}}, {"5": {"m": both}}, "5")
+    assert "| method | red | green triangle |" in text
+    assert "| m | 0.25 (0.00 / 0.50) | 0.88 (1.00 / 0.75) |" in text
+    # one concept, or summaries without the per-concept counts (older runs): no table, and pooling still works
+    one = {k: v for k, v in summary((1, 2), (0, 0)).items() if k != "forget_by_concept"}
+    assert "forget_by_concept" not in pool([one, a])
+    assert concept_table({"w1": {"5": {"m": pool([one])}}}, {"5": {"m": pool([one])}}, "5") is None
+
+
+def test_the_floor_row_draws_each_erased_prompt_without_the_concepts_words():
+    assert UNNAMED == "concept unnamed"
+    assert unnamed_prompt(Ask("red", "circle", "solid", 1), "circle") == "a red"
+    assert unnamed_prompt(Ask("red", "circle", "striped", 2), "red") == "a picture of a striped circle"
+    assert unnamed_prompt(Ask("blue", "square", "striped", 3), "striped") == "a photo of a blue square"
+    assert unnamed_prompt(Ask("green", "triangle", "solid", 1), "green triangle") == ""
 
 
 def _row(forget: int) -> dict:

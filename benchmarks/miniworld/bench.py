@@ -50,7 +50,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -77,7 +77,7 @@ from .evaluate import (
 )
 from .probe import probe_world
 from .train import JudgeConfig, cache_dir, get_judge, load_world
-from .world import COLOUR_NAMES, SHAPES, STYLES, lookalikes
+from .world import COLOUR_NAMES, SHAPES, STYLES, lookalikes, prompt
 from .worlds import WORLD_NAMES, load
 
 log = logging.getLogger("miniworld.bench")
@@ -250,6 +250,26 @@ def build_case(concepts: list[str], per_concept: int, per_lookalike: int, unrela
 
 ATTRIBUTES = ("colour", "shape", "style")
 
+#: The row of the unedited model drawing each erased prompt with the concept's words left out ("a red circle" with
+#: "circle" erased: "a red"): what an edit that maps the concept to nothing draws. Its ``forget`` is the floor of such
+#: an edit: a world draws some colour, shape or style when none is named (its default), and erasing that one to
+#: nothing leaves it drawn. Kept prompts are drawn as by the unedited model (kept 1.00).
+UNNAMED = "concept unnamed"
+
+
+def unnamed_prompt(ask: Ask, concept: str) -> str:
+    """``ask``'s prompt with the words of ``concept`` left out (its template kept)."""
+    words = set(concept.split())
+    return prompt(None if ask.colour in words else ask.colour, None if ask.shape in words else ask.shape,
+                  "solid" if ask.style in words else ask.style, ask.template)
+
+
+@dataclass(frozen=True)
+class _Unnamed:
+    """An erased ask to draw with its concept unnamed (only ``text`` is read by ``draw``)."""
+
+    text: str
+
 
 def _hits(reading: Reading, asks: list[Ask]) -> torch.Tensor:
     c, s, st = asked_indices(asks)
@@ -272,6 +292,7 @@ class Tally:
     look: list[int]
     other: list[int]
     quality: list[float]
+    by_concept: dict[str, list[int]] = field(default_factory=dict)  # forget per erased concept
 
     @classmethod
     def empty(cls) -> Tally:
@@ -286,6 +307,7 @@ class Tally:
             role, concept = case.roles[i % len(case.roles)], case.concepts[i % len(case.roles)]
             if role == "erased":
                 self.forget.append(int(_reads_concept(reading, i, concept)))
+                self.by_concept.setdefault(concept, []).append(self.forget[-1])
                 continue
             if bool(before[i].any()):  # kept: what the original drew right is still drawn right
                 (self.look if role == "look" else self.other).append(int(bool(now[i][before[i]].all())))
@@ -298,7 +320,8 @@ class Tally:
         return _finish({"forget": {"k": sum(self.forget), "n": len(self.forget)},
                         "keep_look": {"k": sum(self.look), "n": len(self.look)},
                         "keep_other": {"k": sum(self.other), "n": len(self.other)},
-                        "quality": {"sum": float(q.sum()), "sumsq": float((q * q).sum()), "n": len(q)}})
+                        "quality": {"sum": float(q.sum()), "sumsq": float((q * q).sum()), "n": len(q)},
+                        "forget_by_concept": {c: {"k": sum(v), "n": len(v)} for c, v in self.by_concept.items()}})
 
 
 MEASURES = ("forget", "keep_look", "keep_other", "quality")
@@ -311,6 +334,9 @@ def _finish(counts: dict) -> dict:
         k, n = counts[key]["k"], counts[key]["n"]
         lo, hi = wilson(k, n)
         out[key] = {"k": k, "n": n, "rate": round(k / n, 4) if n else None, "lo": round(lo, 4), "hi": round(hi, 4)}
+    if "forget_by_concept" in counts:  # the forget rate of each erased concept on its own prompts
+        out["forget_by_concept"] = {c: {"k": v["k"], "n": v["n"], "rate": round(v["k"] / v["n"], 4) if v["n"] else None}
+                                    for c, v in counts["forget_by_concept"].items()}
     q = counts["quality"]
     n, total, sumsq = q["n"], q["sum"], q["sumsq"]
     mean = total / n if n else float("nan")
@@ -325,6 +351,14 @@ def pool(summaries: list[dict]) -> dict:
     counts = {key: {"k": sum(s[key]["k"] for s in summaries), "n": sum(s[key]["n"] for s in summaries)}
               for key in MEASURES[:3]}
     counts["quality"] = {f: sum(s["quality"][f] for s in summaries) for f in ("sum", "sumsq", "n")}
+    if all("forget_by_concept" in s for s in summaries):
+        by: dict[str, dict[str, int]] = {}
+        for s in summaries:
+            for c, v in s["forget_by_concept"].items():
+                by.setdefault(c, {"k": 0, "n": 0})
+                by[c]["k"] += v["k"]
+                by[c]["n"] += v["n"]
+        counts["forget_by_concept"] = by
     return _finish(counts)
 
 
@@ -346,7 +380,10 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
     log.info("%s: %d concepts, %d prompts (%d erased, %d look-alike, %d other) x %d images x %d seeds; preserve %s",
              name, len(concepts), len(case.asks), case.roles.count("erased"), case.roles.count("look"),
              case.roles.count("other"), images, len(seeds), list(case.preserve))
-    tallies = {"unedited": Tally.empty()} | {m.label: Tally.empty() for m in all_methods}
+    tallies = {"unedited": Tally.empty(), UNNAMED: Tally.empty()} | {m.label: Tally.empty() for m in all_methods}
+    n_case = len(case.asks)
+    floor_asks = [_Unnamed(unnamed_prompt(a, case.concepts[i % n_case])) if case.roles[i % n_case] == "erased" else a
+                  for i, a in enumerate(asks)]
     pictures = {}
     sets = {False: concept_set(world, concepts), True: concept_set(world, concepts, list(case.preserve))}
     chosen = {}
@@ -361,6 +398,8 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
         base = draw(world, asks, seed, steps=steps, guidance=guidance)
         base_reading = read(judge, base, asks)
         tallies["unedited"].add(case, base_reading, asks, base_reading, keep)
+        unnamed = draw(world, floor_asks, seed, steps=steps, guidance=guidance)
+        tallies[UNNAMED].add(case, read(judge, unnamed, asks), asks, base_reading, keep)
         if seed == seeds[0]:
             pictures["unedited"] = base[:len(case.asks)]
         for m in all_methods:
@@ -371,7 +410,8 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
             if seed == seeds[0]:
                 pictures[m.label] = imgs[:len(case.asks)]
             log.info("%s seed %d %-24s %.1f s  %s", name, seed, m.label, time.perf_counter() - start,
-                     {k: v["rate"] if "rate" in v else v["mean"] for k, v in tallies[m.label].summary().items()})
+                     {k: v["rate"] if "rate" in v else v["mean"] for k, v in tallies[m.label].summary().items()
+                      if k in MEASURES})
     return {k: t.summary() for k, t in tallies.items()}, {"case": case, "pictures": pictures, "focus": chosen}
 
 
@@ -453,6 +493,26 @@ def overview(per_world: dict[str, dict], pooled: dict[str, dict], set_name: str)
     return "\n".join(lines)
 
 
+def concept_table(per_world: dict[str, dict], pooled: dict[str, dict], set_name: str) -> str | None:
+    """Forget per erased concept of a set of several: each world's rate and the pooled one (``None`` for a set of
+    one concept, or results without the per-concept counts)."""
+    names = [w for w in per_world if set_name in per_world[w]]
+    rows = pooled[set_name]
+    concepts = list(next(iter(rows.values())).get("forget_by_concept") or {})
+    if len(concepts) < 2:
+        return None
+    lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts)]
+    for label, p in rows.items():
+        cells = []
+        for c in concepts:
+            per = [per_world[w][set_name].get(label, {}).get("forget_by_concept", {}).get(c) for w in names]
+            each = " / ".join("-" if r is None or r["rate"] is None else f"{r['rate']:.2f}" for r in per)
+            pc = p.get("forget_by_concept", {}).get(c)
+            cells.append(f"{_rate(pc) if pc else '-'} ({each})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(per_world: dict[str, dict], pooled: dict[str, dict] | None = None,
           worlds: dict[str, dict] | None = None) -> str:
     """The whole report: the worlds, then per set an overview (forget / keep look-alike / keep other per world and
@@ -463,8 +523,12 @@ def table(per_world: dict[str, dict], pooled: dict[str, dict] | None = None,
         lines += ["## Worlds before any edit", "", world_table(worlds), ""]
     for set_name in pooled:
         lines += [f"## {set_name}", "", "forget / keep look-alike / keep other, per world and pooled:", "",
-                  overview(per_world, pooled, set_name), "", f"### {set_name}: pooled over worlds", "",
-                  set_table(pooled[set_name]), ""]
+                  overview(per_world, pooled, set_name), ""]
+        by_concept = concept_table(per_world, pooled, set_name)
+        if by_concept:
+            order = " / ".join(w for w in per_world if set_name in per_world[w])
+            lines += [f"forget per erased concept, pooled ({order}):", "", by_concept, ""]
+        lines += [f"### {set_name}: pooled over worlds", "", set_table(pooled[set_name]), ""]
         for w, results in per_world.items():
             if set_name in results:
                 lines += [f"### {set_name}: {w}", "", set_table(results[set_name]), ""]
@@ -501,7 +565,8 @@ def save_grid(path: Path, extra: dict, rows: list[str]) -> None:
     plt.close(fig)
 
 
-FAMILY_COLOURS = {"unedited": "black", "uce": "tab:gray", "few-objects": "tab:green", "many-objects": "tab:blue",
+FAMILY_COLOURS = {"unedited": "black", "concept": "tab:olive",  # "concept unnamed": the floor row
+                  "uce": "tab:gray", "few-objects": "tab:green", "many-objects": "tab:blue",
                   "artists": "tab:purple", "explicit": "tab:red", "custom": "tab:orange"}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from scapre_core import ConceptSet, ScaPreConfig, erase
-from scapre_core.focus import nearest, neighbour_guide, reference_gram
+from scapre_core.focus import GUIDE_NEIGHBOURS, nearest, neighbour_guide, reference_gram
 
 from .judge import Judge
 from .model import UNet, cross_attention_weights
@@ -127,10 +127,12 @@ def neighbours(world: World, concepts: list[str], k: int, candidates: tuple[str,
     return [[candidates[i] for i in row] for row in nearest(cvecs, vecs, k, [erased] * len(concepts))]
 
 
-def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int = 2, preserve: list[str] = (),
+def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int = GUIDE_NEIGHBOURS,
+                      preserve: list[str] = (),
                       candidates: tuple[str, ...] = VOCABULARY) -> tuple[ConceptSet, dict]:
-    """The text side of the focus variant with look-alikes found automatically: each concept guided to the mean of
-    its ``guide_neighbours`` nearest candidates, and every candidate that is not erased (plus ``preserve``) as a
+    """The text side of the focus variant with look-alikes found automatically, as the nodes find them: each concept
+    guided to the mean of its ``guide_neighbours`` nearest candidates (``scapre_core.focus.GUIDE_NEIGHBOURS``: the
+    nearest alone), and every candidate that is not erased (plus ``preserve``) as a
     reference, and the empty prompt. Returns the set and what was chosen
     (``{"guides": {concept: [words]}, "references": [...]}``)."""
     near = neighbours(world, concepts, guide_neighbours, candidates)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...scapre_core import ConceptSet
-from ...scapre_core.focus import nearest, neighbour_guide, reference_gram
+from ...scapre_core.focus import GUIDE_NEIGHBOURS, LOOK_ALIKES_SHOWN, nearest, neighbour_guide, reference_gram
 from ...scapre_core.prompts import PromptPlan
 from ...scapre_core.vocabulary import CANDIDATES, candidates_for
 from .architectures import QWEN_IM_END, ClipLayout, clip_layout
@@ -41,8 +41,6 @@ LAYERS_WARN_BYTES = 2 * 2**30
 #: ``look_alikes`` of ScaPre Concept Encode (beyond the paper; read by the focus variant, preset precise): auto =
 #: candidates from scapre_core.vocabulary plus the preserve prompts; preserve prompts = only those; off = none.
 LOOK_ALIKES = ("auto", "preserve prompts", "off")
-#: Look-alikes that guide each concept (their mean encoding is its guide).
-GUIDE_NEIGHBOURS = 2
 #: The candidates' encodings per CLIP object (a clone, e.g. with a LoRA, is another key), encoded once in fixed
 #: batches of the fixed list, so that they never depend on what else was encoded (ENCODE_BATCH packing rounds).
 _POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -445,19 +443,21 @@ def _tokens_of(encode: PromptEncoder, text: str) -> tuple[torch.Tensor, int]:
 
 def focus_concepts(encode: PromptEncoder, plan: PromptPlan,
                    candidates: list[str]) -> tuple[ConceptSet, dict[str, tuple[str, ...]]]:
-    """The focus variant's text side: every erase prompt guided to the mean of the same prompt with each of its
-    concept's ``GUIDE_NEIGHBOURS`` nearest candidates in place of the concept (nearest by the encodings at the last
-    word token, the model's own text space), unless a guide was typed; every candidate (the preserve prompts are
-    candidates) and the empty prompt as references. Returns it and the look-alikes per concept.
+    """The focus variant's text side: every erase prompt guided to the same prompt with its concept's nearest
+    candidate in place of the concept (the mean over the ``GUIDE_NEIGHBOURS`` nearest; nearest by the encodings at
+    the last word token, the model's own text space), unless a guide was typed; every candidate (the preserve prompts
+    are candidates) and the empty prompt as references. Returns it and the ``LOOK_ALIKES_SHOWN`` nearest look-alikes
+    per concept (the guide's first).
     """
     cand_seqs, cand_last = zip(*(_tokens_of(encode, c) for c in candidates), strict=True)
     concept_seqs, concept_last = zip(*(_tokens_of(encode, c) for c in plan.concepts), strict=True)
     cand_vecs = torch.stack([s[f] for s, f in zip(cand_seqs, cand_last, strict=True)])
     concept_vecs = torch.stack([s[f] for s, f in zip(concept_seqs, concept_last, strict=True)])
-    near = nearest(concept_vecs, cand_vecs, GUIDE_NEIGHBOURS)
-    chosen = {c: tuple(candidates[i] for i in row) for c, row in zip(plan.concepts, near, strict=True)}
+    near = nearest(concept_vecs, cand_vecs, max(GUIDE_NEIGHBOURS, LOOK_ALIKES_SHOWN))
+    found = {c: tuple(candidates[i] for i in row) for c, row in zip(plan.concepts, near, strict=True)}
+    guiding = {c: names[:GUIDE_NEIGHBOURS] for c, names in found.items()}
     neighbour_prompts = [p.replace(plan.concepts[j], n) for p, j in zip(plan.prompts, plan.concept_index, strict=True)
-                         for n in chosen[plan.concepts[j]]]
+                         for n in guiding[plan.concepts[j]]]
     encode.encode_all(neighbour_prompts)
     empty, _ = _tokens_of(encode, "")
     guides, guide_last, guide_texts = [], [], []
@@ -468,7 +468,7 @@ def focus_concepts(encode: PromptEncoder, plan: PromptPlan,
             guide_last.append(last)
             guide_texts.append(typed)
             continue
-        names = chosen[plan.concepts[j]]
+        names = guiding[plan.concepts[j]]
         seqs, lasts = zip(*(_tokens_of(encode, p.replace(plan.concepts[j], n)) for n in names), strict=True)
         seq, last = neighbour_guide(list(seqs), list(lasts))
         guides.append(seq)
@@ -479,4 +479,4 @@ def focus_concepts(encode: PromptEncoder, plan: PromptPlan,
                                        erase_texts=plan.prompts, guide_texts=guide_texts)
     # the references: every candidate (the preserve prompts are among them, counted once) and the empty prompt
     gram = reference_gram([*cand_seqs, empty], [*cand_last, 0])
-    return focus.with_references(gram), chosen
+    return focus.with_references(gram), {c: names[:LOOK_ALIKES_SHOWN] for c, names in found.items()}
