@@ -93,6 +93,8 @@ CONCEPT_SETS: dict[str, list[str]] = {
     "1 shape": ["circle"],
     "1 style": ["striped"],
     "5 mixed": ["red", "cyan", "circle", "striped", "green triangle"],
+    # 5 mixed without its colour-shape pair: several single-word concepts of every kind at once
+    "4 words": ["red", "cyan", "circle", "striped"],
     # for worlds that draw colours and styles but not shapes (the DiT worlds, docs/dit-worlds.md)
     "4 no shape": ["red", "cyan", "striped", "green"],
     "20 pairs": [f"{c} {s}" for c in ("red", "orange", "yellow", "green", "cyan")
@@ -101,7 +103,7 @@ CONCEPT_SETS: dict[str, list[str]] = {
 #: Prompts per erased concept, per look-alike word (or pair), and unrelated prompts, for each set.
 SIZES: dict[str, tuple[int, int, int]] = {
     "1 colour": (12, 6, 12), "1 shape": (12, 6, 12), "1 style": (12, 6, 12), "5 mixed": (4, 2, 10),
-    "4 no shape": (4, 2, 10),
+    "4 words": (4, 2, 10), "4 no shape": (4, 2, 10),
     "20 pairs": (1, 1, 10),
 }
 
