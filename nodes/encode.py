@@ -50,13 +50,16 @@ class ScaPreConceptEncode(io.ComfyNode):
                 io.String.Input("probes", multiline=True, default="", optional=True,
                                 tooltip="Prompts to watch in the report without protecting them, e.g. 'dog, "
                                         "tiger' when erasing 'cat'."),
-                io.Combo.Input("look_alikes", options=list(LOOK_ALIKES), default="off", optional=True,
-                               tooltip="For the precise preset (beyond the paper): auto finds each concept's two "
-                                       "nearest look-alikes in this CLIP's own text space among about 200 everyday "
-                                       "concepts (plus your preserve prompts), guides it to the nearest and keeps "
-                                       "them all; 'preserve prompts' uses only yours; off (default) skips this (the "
-                                       "published presets do not use it; auto costs one encoding of the candidates). "
-                                       "The look-alikes found are shown below."),
+                io.Combo.Input("look_alikes", options=list(LOOK_ALIKES), default="auto", optional=True,
+                               tooltip="For the precise preset and preset auto (beyond the paper): auto (default) "
+                                       "finds each concept's two nearest look-alikes in this CLIP's own text space "
+                                       "among about 200 everyday concepts (plus your preserve prompts), guides it to "
+                                       "the nearest and keeps them all (a concept of several words near one of its "
+                                       "own, such as 'green triangle' near 'triangle', is guided to itself with its "
+                                       "last word replaced: 'green bar'); SD1.x, SD2.x and SDXL only, skipped with a "
+                                       "note for other text encoders. 'preserve prompts' uses only yours; off skips "
+                                       "this (the published presets do not use it; auto costs one encoding of the "
+                                       "candidates per CLIP). The look-alikes found are shown below."),
             ],
             outputs=[Concepts.Output("encoded_concepts", display_name="concepts",
                                      tooltip="The encoded prompts; connect to ScaPre Informax and ScaPre Erase.")],
@@ -66,7 +69,7 @@ class ScaPreConceptEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, concepts, concept_type, expand_templates, templates, guide, preserve="",
                 probes="", look_alikes="off") -> io.NodeOutput:
-        # absent from workflows saved before the input existed: off, as the widget's default
+        # absent from prompts made before the input existed: off, as they ran then (the widget's default is auto)
         if clip is None:
             raise ValueError("clip is not connected: connect the CLIP output of your checkpoint loader")
         plan = plan_prompts(concepts, concept_type, expand_templates, templates, guide, preserve or "",
@@ -76,14 +79,15 @@ class ScaPreConceptEncode(io.ComfyNode):
         payload = encode_concepts(clip, plan, concept_type, progress(cls.hidden.unique_id, "encode"), look_alikes)
         log.info("ScaPreConceptEncode: %d concept(s), %d prompt(s), width %d", len(plan.concepts),
                  len(plan.prompts), payload.width)
-        return io.NodeOutput(payload, ui={"text": [_summary(plan, payload.look_alikes)]})
+        return io.NodeOutput(payload, ui={"text": [_summary(plan, payload.look_alikes, payload.notes)]})
 
 
-def _summary(plan, look_alikes=None) -> str:
+def _summary(plan, look_alikes=None, notes=()) -> str:
     parts = [f"{len(plan.concepts)} concept(s) -> {len(plan.prompts)} prompt(s)"]
     if plan.preserve:
         parts.append(f"{len(plan.preserve)} preserved")
     if plan.probes:
         parts.append(f"{len(plan.probes)} probe(s)")
     found = "".join(f"\nlook-alikes of {c}: {', '.join(n)}" for c, n in (look_alikes or {}).items())
-    return ", ".join(parts) + found + "".join(f"\nwarning: {w}" for w in plan.warnings)
+    return ", ".join(parts) + found + "".join(f"\n{n}" for n in notes) \
+        + "".join(f"\nwarning: {w}" for w in plan.warnings)

@@ -14,10 +14,20 @@ from comfy_api.latest import io
 
 from ..scapre_core import INFORMAX_FIELDS, ScaPreConfig
 from ..scapre_core.config import FIELD_HELP
-from ..scapre_core.presets import DEFAULT_PRESET, EDIT_MODES, PRESET_NAMES, PRESETS, EraseSettings, preset_config
+from ..scapre_core.presets import (
+    AUTO,
+    AUTO_DESCRIPTION,
+    DEFAULT_PRESET,
+    EDIT_MODES,
+    PRESET_CHOICES,
+    PRESET_NAMES,
+    PRESETS,
+    EraseSettings,
+    preset_config,
+)
 from ..scapre_core.report import REPORT_SCOPES, describe_scope
 from .common import CATEGORY, Concepts, Informax, Report, config_input, log, progress
-from .glue.edit import run_erase, run_informax
+from .glue.edit import auto_choice, run_erase, run_informax
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScaPreConfig))
 #: The legacy node's widgets, frozen in their saved order (fields added to the config later are not shown there and
@@ -91,12 +101,13 @@ def _erase_outputs() -> list[io.Output]:
 
 
 def _erase_output(model, concepts, settings: EraseSettings, informax, node_id, origin: dict,
-                  report_tokens: str) -> io.NodeOutput:
+                  report_tokens: str, notes: tuple[str, ...] = ()) -> io.NodeOutput:
     """Both erase nodes end here: one edit function, one output shape. The node shows the summary, what the
     edit used (``used``: where the settings came from, seed, precision, Informax source) and the report's
     token scope."""
     edited_model, record = run_erase(model, concepts, settings.config, settings.edit, informax,
-                                     progress(node_id, "erase"), origin=origin, report_tokens=report_tokens)
+                                     progress(node_id, "erase"), warnings=notes, origin=origin,
+                                     report_tokens=report_tokens)
     summary = {**record.report.summary(), "used": record.report.info["used"],
                "report_tokens": record.report.info["report_tokens"]}
     return io.NodeOutput(edited_model, record.report, ui={"scapre_summary": [summary]})
@@ -111,8 +122,7 @@ def _report_tokens_input() -> io.Input:
 
 
 _PRESET_HELP = "; ".join(f"{name}: {PRESETS[name].description}" for name in PRESET_NAMES)
-_PRESET_TOOLTIP = (f"What to run. Default {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].description}. "
-                   f"All: {_PRESET_HELP}.")
+_PRESET_TOOLTIP = (f"What to run. Default {DEFAULT_PRESET}: {AUTO_DESCRIPTION}. The others: {_PRESET_HELP}.")
 STRENGTH_HELP = ("How far the edit goes (beyond the paper). 0 = no edit (the model comes back unchanged), 0.5 = "
                  "half the preset's change, 1 = the preset exactly as published; above 1 the method goes further "
                  "itself (its erase scale times the strength, what pulls the change back divided by it), towards "
@@ -138,7 +148,7 @@ class ScaPreEraseSimple(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TIP),
                 Concepts.Input("concepts", tooltip="From ScaPre Concept Encode (with this model's own text encoder)."),
-                io.Combo.Input("preset", options=list(PRESET_NAMES), default=DEFAULT_PRESET,
+                io.Combo.Input("preset", options=list(PRESET_CHOICES), default=DEFAULT_PRESET,
                                tooltip=_PRESET_TOOLTIP + " Ignored when settings is connected."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip=STRENGTH_HELP + " Ignored when settings is connected."),
@@ -159,6 +169,7 @@ class ScaPreEraseSimple(io.ComfyNode):
     @classmethod
     def execute(cls, model, concepts, preset, strength, seed, informax=None, settings=None,
                 report_tokens="key") -> io.NodeOutput:
+        notes: tuple[str, ...] = ()
         if settings is not None:
             if not isinstance(settings, EraseSettings):
                 raise ValueError("settings must come from a ScaPre Settings node")
@@ -167,12 +178,19 @@ class ScaPreEraseSimple(io.ComfyNode):
                          preset, strength, seed)
             origin = {"source": "ScaPre Settings"}
         else:
+            name = preset
+            if preset == AUTO:
+                name, note = auto_choice(model, concepts)
+                notes = (note,) if name != "precise" else ()  # precise says so itself (focus variant, look-alikes)
             try:
-                settings = EraseSettings(preset_config(preset, strength, seed))
+                settings = EraseSettings(preset_config(name, strength, seed))
             except ValueError as err:
                 raise ValueError(f"invalid ScaPre setting: {err}") from None
             origin = {"source": "preset", "preset": preset, "strength": float(strength)}
-        return _erase_output(model, concepts, settings, informax, cls.hidden.unique_id, origin, report_tokens)
+            if preset == AUTO:
+                origin["ran"] = name
+        return _erase_output(model, concepts, settings, informax, cls.hidden.unique_id, origin, report_tokens,
+                             notes)
 
 
 class ScaPreSettings(io.ComfyNode):

@@ -3,7 +3,9 @@
 
 A preset fixes every field of :class:`ScaPreConfig`; ``strength`` scales its change (0 no edit, 1 the published
 edit exactly) and ``seed`` seeds the Informax/entropy noise, the two knobs a user turns most.
-``custom`` is the pack's defaults (the ``scale`` variant with ``erase_scale 2``, ``p 2``).
+``custom`` is the pack's defaults (the ``scale`` variant with ``erase_scale 2``, ``p 2``); ``precise`` is beyond the
+paper. The default, ``auto``, is a choice per edit (:func:`auto_preset`): ``precise`` where it can run, else a
+published run.
 """
 
 from __future__ import annotations
@@ -69,8 +71,36 @@ PRESETS: dict[str, Preset] = {
 BEYOND_THE_PAPER = ("precise",)
 
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
-#: The preset the ScaPre Erase node and the command line start from.
-DEFAULT_PRESET = "custom"
+
+#: Not a config but a choice made per edit (:func:`auto_preset`): ``precise`` where it can run, else the authors'
+#: published run for what is erased and how many.
+AUTO = "auto"
+#: What ScaPre Erase and the command line offer: ``auto``, then every preset.
+PRESET_CHOICES: tuple[str, ...] = (AUTO, *PRESET_NAMES)
+#: The preset the ScaPre Erase node and the command line start from. ``auto``: in the miniature worlds the published
+#: runs at strength 1 leave a single concept in up to all of its pictures, where ``precise`` forgets every single
+#: concept, four at once and a five-concept set with a colour-shape pair, in every world (docs/miniworlds.md).
+DEFAULT_PRESET = AUTO
+#: ``auto`` falls back on ``few-objects`` (the paper's Imagenette-10 run) for up to this many objects, on
+#: ``many-objects`` (its 50-object run) above.
+FEW_OBJECTS = 10
+AUTO_DESCRIPTION = ("precise (beyond the paper) where it can run: SD1.x, SD2.x and SDXL with look-alikes found by "
+                    "ScaPre Concept Encode (look_alikes auto); elsewhere the published run for what is erased: "
+                    f"explicit for concept_type explicit, artists for style, few-objects for up to {FEW_OBJECTS} "
+                    "concepts and many-objects above. The summary says which ran and why")
+
+
+def auto_preset(focus_ready: bool, concept_type: str = "object", concepts: int = 1) -> str:
+    """The preset ``auto`` runs: ``precise`` when ``focus_ready`` (the model's cross-attention reads the text
+    encoder's output directly and the concepts were encoded with look-alikes), else the published run the paper used
+    for what is erased (``concept_type`` of ``scapre_core.prompts``) and how many (``concepts``)."""
+    if focus_ready:
+        return "precise"
+    if concept_type == "explicit":
+        return "explicit"
+    if concept_type == "style":
+        return "artists"
+    return "few-objects" if concepts <= FEW_OBJECTS else "many-objects"
 
 
 def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConfig:
@@ -78,9 +108,14 @@ def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConf
 
     ``strength`` is ``ScaPreConfig.strength``: 0 no edit at all, below 1 that share of the preset's change, 1 the
     preset exactly as published (the same config, hence the same bits), above 1 the method goes further
-    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it)."""
+    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it).
+
+    ``auto`` gives ``precise``'s config, what it runs where it can; ScaPre Erase and the command line choose per edit
+    (:func:`auto_preset`)."""
+    if name == AUTO:
+        name = auto_preset(True)
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
+        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESET_CHOICES)}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
             or strength < 0:
         raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from comfyui_scapre.scapre_core import ConceptSet, ScaPreConfig, erase
-from comfyui_scapre.scapre_core.focus import focus_map, nearest, neighbour_guide
+from comfyui_scapre.scapre_core.focus import (
+    binding_guide,
+    binds,
+    focus_map,
+    last_word,
+    made_of,
+    nearest,
+    neighbour_guide,
+)
 from helpers import random_concepts, random_weights
 
 F64 = torch.float64
@@ -106,6 +114,18 @@ def test_nearest_orders_by_cosine_and_leaves_out():
     candidates = torch.tensor([[2.0, 0.1], [0.5, 0.5], [0.0, 3.0], [-1.0, 0.0]])
     assert nearest(concepts, candidates, 2) == [[0, 1], [2, 1]]
     assert nearest(concepts, candidates, 2, exclude=[{0}, set()]) == [[1, 2], [2, 1]]
+
+
+def test_a_binding_is_a_concept_of_several_words_near_one_of_its_own():
+    assert made_of("triangle", "green triangle") and made_of("Green", "green  Triangle")
+    assert made_of("triangle green", "green triangle") and not made_of("", "green triangle")
+    assert not made_of("green bar", "green triangle") and not made_of("tri", "green triangle")
+    assert binds("green triangle", "triangle") and binds("green triangle", "green")
+    assert binds("teddy bear", "bear")
+    assert not binds("red", "red") and not binds("green triangle", "square") and not binds("Van Gogh", "Monet")
+    assert last_word("a green  triangle") == "triangle"
+    assert binding_guide("green triangle", "bar") == "green bar"
+    assert binding_guide("Green  Triangle", "square") == "Green square"
 
 
 @pytest.mark.parametrize("field,bad", [("focus_rank", 0), ("focus_rank", 1.5), ("focus_eps", 0.0),

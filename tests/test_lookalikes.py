@@ -89,6 +89,33 @@ def test_look_alikes_are_the_nearest_in_the_models_text_space_and_guide_the_focu
     assert focus.preserve_contexts == ()
 
 
+def test_a_binding_is_guided_to_itself_with_its_last_word_replaced():
+    e = torch.eye(DIM)
+    planted = {"triangle": e[0], "green": 0.2 * e[1], "bar": e[0] + 0.5 * e[2], "square": e[0] + 0.8 * e[2],
+               "cyan": e[3]}
+    clip = FakeClip(planted)
+    # "green triangle" is nearest to its own word "triangle": guided there, the kept word "green" would stay
+    plan = plan_prompts("green triangle, cyan", preserve="triangle, green, square, bar")
+    payload = glue.encode_concepts(clip, plan, "object", look_alikes="preserve prompts")
+    assert payload.look_alikes["green triangle"] == ("green bar", "triangle")  # the guide first, then the nearest
+    assert payload.look_alikes["cyan"][0] != "green bar"
+    focus = payload.focus
+    assert focus.guide_texts[0] == "green bar"
+    enc = glue.PromptEncoder(clip)
+    seq, last = glue._tokens_of(enc, "green bar")
+    t = focus.targets[0].shape[0]
+    assert torch.allclose(focus.targets[0].to(torch.float32), seq[last:][:t], atol=1e-6)
+    # the replacement is the last word's nearest candidate that is neither one of the concept's words nor erased
+    bar_erased = glue.encode_concepts(clip, plan_prompts("green triangle, bar", preserve="triangle, green, square"),
+                                      "object", look_alikes="preserve prompts")
+    assert bar_erased.look_alikes["green triangle"] == ("green square", "triangle")
+    # nor one whose guide would be an erased concept
+    pair_erased = glue.encode_concepts(clip, plan_prompts("green triangle, green bar",
+                                                          preserve="triangle, green, square, bar"),
+                                       "object", look_alikes="preserve prompts")
+    assert pair_erased.look_alikes["green triangle"][0] == "green square"
+
+
 def test_look_alikes_leave_the_edits_own_prompts_as_without_them():
     clip = FakeClip(_planted())
     plan = plan_prompts("red, azure", preserve="crimson")
@@ -124,6 +151,8 @@ def test_bad_look_alike_settings_say_what_to_change():
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
+    ([], "auto"),  # the default, preset auto: precise where it can run
+    (["--preset", "auto", "--look-alikes", "off"], "off"),
     (["--preset", "precise"], "auto"),
     (["--preset", "uce"], "off"),
     (["--preset", "precise", "--look-alikes", "preserve prompts", "--preserve", "dog"], "preserve prompts"),

@@ -16,9 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
 from comfyui_scapre.scapre_core import ScaPreConfig
-from comfyui_scapre.scapre_core.presets import DEFAULT_PRESET, preset_config
+from comfyui_scapre.scapre_core.presets import DEFAULT_PRESET, auto_preset, preset_config
 from comfyui_scapre.scapre_core.report import ReportBuilder
-from miniworld.evaluate import Ask, concept_set, draw, edited_unet
+from miniworld.evaluate import Ask, concept_set, draw, edited_unet, focus_concept_set
 from miniworld.model import ModelConfig, cross_attention_weights
 from miniworld.train import TrainConfig, load_world, save_world, train_world
 from miniworld.world import COLOURS, tokenize
@@ -31,6 +31,8 @@ TINY = TrainConfig(model=ModelConfig(text_dim=32, text_layers=1, text_heads=2, c
 #: per colour, and the edit's collateral, which the benchmark measures).
 MARGIN = 0.25
 IMAGES = 12  # per colour, solid circles, the four templates in turn
+#: What the tiny world (colours only) knows: the look-alike candidates of the default's text side.
+COLOUR_WORDS = tuple(COLOURS)
 PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0
 
 
@@ -94,15 +96,40 @@ def _efficacy(world, concepts, config) -> float:
     return erased.efficacy
 
 
-def test_strength_is_monotone_and_zero_is_no_edit(world):
+def test_the_default_forgets_a_colour_and_keeps_the_others(world):
+    """The default (preset auto: precise where look-alikes are found, as ScaPre Concept Encode finds them by default;
+    here among the colours, all the tiny world draws) leaves red in at most one picture in ten, and the other
+    colours, its look-alike orange among them, drawn as before (within the sampling margin)."""
+    colours = ["red", "orange", "yellow", "green", "blue", "white"]
+    assert preset_config(DEFAULT_PRESET) == preset_config(auto_preset(True)) == preset_config("precise")
+    concepts, chosen = focus_concept_set(world, ["red"], candidates=COLOUR_WORDS)
+    unet = edited_unet(world, concepts, preset_config(DEFAULT_PRESET))
+
+    def pooled(**kw) -> dict[str, float]:  # two seeds: 24 pictures per colour
+        a, b = rates(world, colours, seed=0, **kw), rates(world, colours, seed=1, **kw)
+        return {c: (a[c] + b[c]) / 2 for c in colours}
+
+    before, after = pooled(), pooled(unet=unet)
+    assert before["red"] >= 0.4, f"the tiny world does not draw red yet ({before}); the test would prove nothing"
+    assert after["red"] <= 0.1, (chosen["guides"], before, after)
+    for c in colours[1:]:
+        assert after[c] >= before[c] - MARGIN, (c, before, after)
+
+
+@pytest.mark.parametrize("preset", [DEFAULT_PRESET, "custom"])
+def test_strength_is_monotone_and_zero_is_no_edit(world, preset):
     """Forgetting red does not decrease (one picture of slack for sampling) and efficacy does not fall as strength
-    grows; strength 0 leaves the UNet bit for bit as it was."""
-    concepts = concept_set(world, ["red"])
-    unet = edited_unet(world, concepts, preset_config(DEFAULT_PRESET, 0.0))
+    grows; strength 0 leaves the UNet bit for bit as it was. The default with the text side it runs with (look-alikes
+    found in the world's text space), the pack's published defaults with the empty guide."""
+    if preset == DEFAULT_PRESET:
+        concepts = focus_concept_set(world, ["red"], candidates=COLOUR_WORDS)[0]
+    else:
+        concepts = concept_set(world, ["red"])
+    unet = edited_unet(world, concepts, preset_config(preset, 0.0))
     assert all(torch.equal(v, world.unet.state_dict()[k]) for k, v in unet.state_dict().items())
     drawn, efficacy = [], []
     for strength in (0.0, 0.5, 1.0, 2.0, 4.0):
-        config = preset_config(DEFAULT_PRESET, strength)
+        config = preset_config(preset, strength)
         drawn.append(rates(world, ["red"], seed=0, unet=edited_unet(world, concepts, config))["red"])
         efficacy.append(_efficacy(world, concepts, config))
     assert drawn[0] >= 0.5, f"the tiny world does not draw red yet ({drawn}); the test would prove nothing"

@@ -125,7 +125,9 @@ export function describeUsed(u) {
     let source = str(u.source);
     if (u.source === "preset") {
         const strength = typeof u.strength === "number" ? ` × ${u.strength.toFixed(2)}` : "";
-        source = `preset ${str(u.preset)}${strength}`;
+        // preset auto: the preset it chose for this model and these concepts (scapre_core/presets.py auto_preset)
+        const ran = u.ran ? ` → ${str(u.ran)}` : "";
+        source = `preset ${str(u.preset)}${ran}${strength}`;
     } else if (u.source === "widgets") {
         source = "this node's widgets";
     }

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 import torch
 
 from scapre_core import ConceptSet, ScaPreConfig, erase
-from scapre_core.focus import GUIDE_NEIGHBOURS, nearest, neighbour_guide, reference_gram
+from scapre_core.focus import (
+    GUIDE_NEIGHBOURS,
+    binding_guide,
+    binds,
+    last_word,
+    made_of,
+    nearest,
+    neighbour_guide,
+    reference_gram,
+    same_words,
+)
 
 from .judge import Judge
 from .model import UNet, cross_attention_weights
@@ -132,10 +142,18 @@ def focus_concept_set(world: World, concepts: list[str], guide_neighbours: int =
                       candidates: tuple[str, ...] = VOCABULARY) -> tuple[ConceptSet, dict]:
     """The text side of the focus variant with look-alikes found automatically, as the nodes find them: each concept
     guided to the mean of its ``guide_neighbours`` nearest candidates (``scapre_core.focus.GUIDE_NEIGHBOURS``: the
-    nearest alone), and every candidate that is not erased (plus ``preserve``) as a
-    reference, and the empty prompt. Returns the set and what was chosen
-    (``{"guides": {concept: [words]}, "references": [...]}``)."""
+    nearest alone), a binding whose nearest is made of its own words ("green triangle" -> "triangle") to itself with
+    its last word replaced by that word's nearest candidate (``scapre_core.focus.binding_guide``: "green bar"), and
+    every candidate that is not erased (plus ``preserve``) as a reference, and the empty prompt. Returns the set and
+    what was chosen (``{"guides": {concept: [words]}, "references": [...]}``)."""
     near = neighbours(world, concepts, guide_neighbours, candidates)
+    for j, (concept, words) in enumerate(zip(concepts, near, strict=True)):
+        if words and binds(concept, words[0]):
+            allowed = tuple(c for c in candidates if not made_of(c, concept) and c not in concepts
+                            and not any(same_words(e, binding_guide(concept, c)) for e in concepts))
+            (replacement,) = neighbours(world, [last_word(concept)], 1, allowed)
+            if replacement:
+                near[j] = [binding_guide(concept, replacement[0])]
     erase_enc, erase_last = world.encode(list(concepts))
     (empty,), _ = world.encode([""])
     guides, guide_last = [], []

@@ -18,7 +18,15 @@ import argparse
 import logging
 import sys
 
-from ...scapre_core.presets import DEFAULT_PRESET, EDIT_MODES, PRESET_NAMES, PRESETS
+from ...scapre_core.presets import (
+    AUTO,
+    AUTO_DESCRIPTION,
+    DEFAULT_PRESET,
+    EDIT_MODES,
+    PRESET_CHOICES,
+    PRESET_NAMES,
+    PRESETS,
+)
 from ...scapre_core.prompts import CONCEPT_TYPES
 from ...scapre_core.report import KEY_TOKENS, REPORT_SCOPES
 
@@ -53,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--rank", type=int, default=0, help="LoRA rank: 0 exact (default), r > 0 rank-r factors")
     erase.add_argument("--dtype", choices=["same", "fp16", "bf16", "fp32"], default="same",
                        help="dtype of --out's floating tensors: same (default) keeps each one's dtype in CHECKPOINT")
-    erase.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET, metavar="NAME",
-                       help="published setting: " + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
+    erase.add_argument("--preset", choices=PRESET_CHOICES, default=DEFAULT_PRESET, metavar="NAME",
+                       help=f"what to run (default {DEFAULT_PRESET}). {AUTO}: {AUTO_DESCRIPTION}; "
+                            + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
     erase.add_argument("--strength", type=float, default=1.0,
                        help="how far the edit goes: 0 no edit, up to 1 a share of the preset's change, 1 as published, "
                             "above 1 further (erase scale times it, pull-back divided by it); default 1")
@@ -73,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"token and the {KEY_TOKENS} after it, cheap) or full (every token, about as long again as "
                             "the edit)")
     erase.add_argument("--look-alikes", choices=["auto", "preserve prompts", "off"], default=None,
-                       help="look-alikes for the focus variant (preset precise, beyond the paper): auto (default with "
-                            "it) finds them among about 200 everyday concepts, 'preserve prompts' uses --preserve only")
+                       help="look-alikes for the focus variant (presets precise and auto, beyond the paper): auto "
+                            "(default with them) finds them among about 200 everyday concepts, 'preserve prompts' "
+                            "uses --preserve only")
     erase.add_argument("--comfyui", metavar="PATH",
                        help="ComfyUI folder (default: $COMFYUI_PATH, else the ComfyUI this pack is installed in)")
     erase.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ...scapre_core.presets import EraseSettings, preset_config
+from ...scapre_core.presets import AUTO, EraseSettings, preset_config
 from ...scapre_core.prompts import plan_prompts
 from .inputs import read_concepts
 from .progress import Bars
@@ -42,6 +42,22 @@ class EraseJob:
     preserve: str
     report_tokens: str = "key"
     look_alikes: str = "off"
+    # preset auto chooses when the model is loaded: the preset's strength and seed, and --settings' values over it
+    strength: float = 1.0
+    seed: int = 0
+    overrides: dict | None = None
+
+    def settings_for(self, model, concepts) -> tuple[EraseSettings, dict, tuple[str, ...]]:
+        """``(settings, origin, notes)`` of the edit of ``model`` with ``concepts``: for preset auto, those of the
+        preset it chooses (``auto_choice``), with the ``--settings`` values over them."""
+        if self.origin.get("preset") != AUTO:
+            return self.settings, self.origin, ()
+        from ..glue.edit import auto_choice
+
+        name, note = auto_choice(model, concepts, self.settings.edit)
+        base = preset_config(name, self.strength, self.seed)
+        settings = EraseSettings.from_dict({"edit": self.settings.edit, **(self.overrides or {})}, base=base)
+        return settings, {**self.origin, "ran": name}, () if name == "precise" else (note,)
 
 
 def _output(value: str | None, what: str) -> Path | None:
@@ -76,8 +92,10 @@ def prepare(args) -> EraseJob:
         concepts = read_concepts(args.concepts, args.column)
         base = preset_config(args.preset, args.strength, args.seed)
         settings = EraseSettings(base, args.edit)
+        overrides = None
         if args.settings is not None:
-            settings = EraseSettings.from_dict({"edit": args.edit, **_read_json(args.settings)}, base=base)
+            overrides = _read_json(args.settings)
+            settings = EraseSettings.from_dict({"edit": args.edit, **overrides}, base=base)
         plan_prompts(concepts, args.concept_type, args.expand_templates, "", args.guide, args.preserve or "", "")
     except ValueError as err:
         raise UsageError(str(err)) from None
@@ -88,7 +106,8 @@ def prepare(args) -> EraseJob:
     return EraseJob(checkpoint=checkpoint.resolve(), concepts=concepts, settings=settings, out=out, lora=lora,
                     rank=args.rank, dtype=dtype, origin=origin, concept_type=args.concept_type,
                     expand_templates=args.expand_templates, guide=args.guide, preserve=args.preserve or "",
-                    report_tokens=getattr(args, "report_tokens", "key"), look_alikes=look_alikes)
+                    report_tokens=getattr(args, "report_tokens", "key"), look_alikes=look_alikes,
+                    strength=float(args.strength), seed=int(args.seed), overrides=overrides)
 
 
 def _read_json(path: str) -> dict:
@@ -165,8 +184,11 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
         for warning in plan.warnings:
             log.warning("%s", warning)
         concepts = encode_concepts(clip, plan, job.concept_type, bars.step("encode"), job.look_alikes)
-        edited, record = run_erase(model, concepts, job.settings.config, job.settings.edit, None, bars.step("erase"),
-                                   origin=job.origin, report_tokens=job.report_tokens)
+        settings, origin, notes = job.settings_for(model, concepts)
+        for note in notes:
+            log.warning("%s", note)
+        edited, record = run_erase(model, concepts, settings.config, settings.edit, None, bars.step("erase"),
+                                   warnings=notes, origin=origin, report_tokens=job.report_tokens)
         lines = []
         if job.lora is not None:
             matrices, error = write_lora(job.lora, (record,), job.rank, bars.step("lora"), model=edited)

@@ -19,6 +19,7 @@ import torch
 from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weights
 from ...scapre_core.concepts import ConceptSet
 from ...scapre_core.lowrank import LowRankChange
+from ...scapre_core.presets import auto_preset
 from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens
 from ...scapre_core.solve import CONCEPT_BLOCK
 from . import formats
@@ -115,13 +116,42 @@ class StreamInput:
         return self.build()
 
 
+def _plain(item: StreamInput) -> bool:
+    """Whether the stream's matrices read the text encoder's output directly (as the focus variant needs)."""
+    return item.stream.source == "cond" and item.stream.projection is None and not item.stream.masked
+
+
+def focus_unavailable(model, concepts, edit: str = "keys and values") -> str | None:
+    """Why the focus variant (preset precise) cannot edit ``model`` with ``concepts``; ``None`` when it can."""
+    concepts = check_concepts(concepts)
+    if concepts.focus is None:
+        return "the concepts were encoded without look-alikes (look_alikes auto on ScaPre Concept Encode finds them)"
+    arch, inputs = stream_inputs(model, concepts, edit)
+    if not all(_plain(i) for i in inputs):
+        return f"{arch.name} does not read the text encoder's output directly (precise is for SD1.x, SD2.x, SDXL)"
+    return None
+
+
+def auto_choice(model, concepts, edit: str = "keys and values") -> tuple[str, str]:
+    """``(preset, note)``: what preset ``auto`` runs on ``model`` with ``concepts`` (``scapre_core.presets.
+    auto_preset``) and a line for the summary saying why."""
+    concepts = check_concepts(concepts)
+    why = focus_unavailable(model, concepts, edit)
+    count = len(concepts.plan.concepts)
+    name = auto_preset(why is None, concepts.concept_type, count)
+    if why is None:
+        return name, f"preset auto ran {name} (beyond the paper): look-alikes found, each concept guided to its nearest"
+    return name, (f"preset auto ran {name}, the published run for {count} concept(s) of type "
+                  f"{concepts.concept_type or 'object'}: precise cannot run here, {why}")
+
+
 def _focus_inputs(arch: Architecture, inputs: list[StreamInput], concepts: EncodedConcepts) -> list[StreamInput]:
     """The focus variant (preset precise, beyond the paper) edits with its own text side (look-alike guides and
     references from ScaPre Concept Encode), built on the text encoder's output as the UNet reads it."""
     if concepts.focus is None:
         raise ValueError("the focus variant (preset precise, beyond the paper) needs look-alikes: set look_alikes "
                          "to auto (or preserve prompts) in ScaPre Concept Encode, or pick another preset")
-    plain = [i for i in inputs if i.stream.source == "cond" and i.stream.projection is None and not i.stream.masked]
+    plain = [i for i in inputs if _plain(i)]
     if len(plain) != len(inputs):
         raise ValueError(f"the focus variant (preset precise, beyond the paper) is for models whose cross-attention "
                          f"reads the text encoder's output directly (SD1.x, SD2.x, SDXL); this MODEL is {arch.name}: "

@@ -27,7 +27,18 @@ from dataclasses import dataclass, field
 import torch
 
 from ...scapre_core import ConceptSet
-from ...scapre_core.focus import GUIDE_NEIGHBOURS, LOOK_ALIKES_SHOWN, nearest, neighbour_guide, reference_gram
+from ...scapre_core.focus import (
+    GUIDE_NEIGHBOURS,
+    LOOK_ALIKES_SHOWN,
+    binding_guide,
+    binds,
+    last_word,
+    made_of,
+    nearest,
+    neighbour_guide,
+    reference_gram,
+    same_words,
+)
 from ...scapre_core.prompts import PromptPlan
 from ...scapre_core.vocabulary import CANDIDATES, candidates_for
 from .architectures import QWEN_IM_END, ClipLayout, clip_layout
@@ -41,6 +52,10 @@ LAYERS_WARN_BYTES = 2 * 2**30
 #: ``look_alikes`` of ScaPre Concept Encode (beyond the paper; read by the focus variant, preset precise): auto =
 #: candidates from scapre_core.vocabulary plus the preserve prompts; preserve prompts = only those; off = none.
 LOOK_ALIKES = ("auto", "preserve prompts", "off")
+#: The text encoders whose models' cross-attention reads their output directly, where the focus variant runs (SD1.x,
+#: SD2.x, SDXL): ``auto`` finds look-alikes only for these, and leaves out the cost of encoding the candidates
+#: elsewhere (a note in the summary says so).
+LOOK_ALIKE_ENCODERS = ("SD1ClipModel", "SD2ClipModel", "SDXLClipModel", "SDXLRefinerClipModel")
 #: The candidates' encodings per CLIP object (a clone, e.g. with a LoRA, is another key), encoded once in fixed
 #: batches of the fixed list, so that they never depend on what else was encoded (ENCODE_BATCH packing rounds).
 _POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -386,6 +401,14 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
         raise ValueError(f"look_alikes must be one of {list(LOOK_ALIKES)}, got {look_alikes!r}")
     encode = PromptEncoder(clip)
     candidates = []
+    if look_alikes == "auto" and encode.layout.name not in LOOK_ALIKE_ENCODERS:
+        note = (f"look_alikes auto: none looked for with {encode.layout.description} (the precise preset runs on "
+                "SD1.x, SD2.x and SDXL); preset auto runs a published preset")
+        log.info("ScaPre Concept Encode: %s", note)
+        notes = (note,)
+        look_alikes = "off"
+    else:
+        notes = ()
     if look_alikes != "off":
         pool = CANDIDATES if look_alikes == "auto" else ()
         candidates = candidates_for(list(plan.concepts), list(plan.preserve), pool)
@@ -430,6 +453,7 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
         text_encoder=encode.layout.name,
         focus=focus,
         look_alikes=chosen,
+        notes=notes,
     )
 
 
@@ -441,13 +465,32 @@ def _tokens_of(encode: PromptEncoder, text: str) -> tuple[torch.Tensor, int]:
     return enc.slice(0, enc.length), last
 
 
+def binding_guides(encode: PromptEncoder, bound: list[str], candidates: list[str], cand_vecs: torch.Tensor,
+                   erased: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``{concept: guide}`` for the bindings ``bound`` (``scapre_core.focus.binds``): each concept with its last word
+    replaced by that word's nearest candidate (``binding_guide``), leaving out candidates made of the concept's own
+    words, erased concepts, and candidates whose guide would be an erased concept ("red triangle" when erasing "red
+    circle" and "red triangle"). A concept with no such candidate keeps its guide (absent from the result)."""
+    if not bound:
+        return {}
+    words = [last_word(c) for c in bound]
+    encode.encode_all(words)
+    vecs = torch.stack([s[f] for s, f in (_tokens_of(encode, w) for w in words)])
+    skip = [{i for i, cand in enumerate(candidates)
+             if made_of(cand, c) or any(same_words(e, x) for e in erased for x in (cand, binding_guide(c, cand)))}
+            for c in bound]
+    rows = nearest(vecs, cand_vecs, 1, skip)
+    return {c: binding_guide(c, candidates[row[0]]) for c, row in zip(bound, rows, strict=True) if row}
+
+
 def focus_concepts(encode: PromptEncoder, plan: PromptPlan,
                    candidates: list[str]) -> tuple[ConceptSet, dict[str, tuple[str, ...]]]:
     """The focus variant's text side: every erase prompt guided to the same prompt with its concept's nearest
     candidate in place of the concept (the mean over the ``GUIDE_NEIGHBOURS`` nearest; nearest by the encodings at
-    the last word token, the model's own text space), unless a guide was typed; every candidate (the preserve prompts
-    are candidates) and the empty prompt as references. Returns it and the ``LOOK_ALIKES_SHOWN`` nearest look-alikes
-    per concept (the guide's first).
+    the last word token, the model's own text space), unless a guide was typed; a binding whose nearest candidate is
+    made of its own words ("green triangle" -> "triangle") is guided to itself with its last word replaced
+    (:func:`binding_guides`). Every candidate (the preserve prompts are candidates) and the empty prompt are
+    references. Returns it and the ``LOOK_ALIKES_SHOWN`` nearest look-alikes per concept (the guide first).
     """
     cand_seqs, cand_last = zip(*(_tokens_of(encode, c) for c in candidates), strict=True)
     concept_seqs, concept_last = zip(*(_tokens_of(encode, c) for c in plan.concepts), strict=True)
@@ -456,6 +499,10 @@ def focus_concepts(encode: PromptEncoder, plan: PromptPlan,
     near = nearest(concept_vecs, cand_vecs, max(GUIDE_NEIGHBOURS, LOOK_ALIKES_SHOWN))
     found = {c: tuple(candidates[i] for i in row) for c, row in zip(plan.concepts, near, strict=True)}
     guiding = {c: names[:GUIDE_NEIGHBOURS] for c, names in found.items()}
+    for c, guide in binding_guides(encode, [c for c in plan.concepts if found[c] and binds(c, found[c][0])],
+                                   candidates, cand_vecs, plan.concepts).items():
+        guiding[c] = (guide,)
+        found[c] = (guide, *found[c])
     neighbour_prompts = [p.replace(plan.concepts[j], n) for p, j in zip(plan.prompts, plan.concept_index, strict=True)
                          for n in guiding[plan.concepts[j]]]
     encode.encode_all(neighbour_prompts)

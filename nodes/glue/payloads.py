@@ -50,6 +50,7 @@ class EncodedConcepts(_Shared):
     text_encoder: str = ""
     focus: ConceptSet | None = None  # the focus variant's text side (look-alike guides, references); None: off
     look_alikes: Mapping[str, tuple[str, ...]] | None = None  # per concept, the look-alikes that guide it
+    notes: tuple[str, ...] = ()  # what the encode node's summary says besides the plan's warnings
 
     def concept_of(self) -> dict[str, str]:
         return {p: self.plan.concepts[j] for p, j in zip(self.plan.prompts, self.plan.concept_index, strict=True)}

@@ -139,8 +139,14 @@ def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
     assert "key" in report_tokens.tooltip and "full" in report_tokens.tooltip
     presets = next(i for i in simple.inputs if i.id == "preset")
     core = _core(scapre_nodes)
-    assert list(presets.options) == list(core.presets.PRESET_NAMES)
-    assert presets.default == core.presets.DEFAULT_PRESET and core.presets.DEFAULT_PRESET in presets.tooltip
+    assert list(presets.options) == ["auto", *core.presets.PRESET_NAMES]
+    assert presets.default == core.presets.DEFAULT_PRESET == "auto" and "auto: precise (beyond the paper)" in \
+        presets.tooltip and all(f"{name}:" in presets.tooltip for name in core.presets.PRESET_NAMES)
+    # ScaPre Concept Encode finds look-alikes by default (what preset auto needs to run precise); a prompt made
+    # before the input existed runs as then (off)
+    encode = scapre_nodes.node_class("ScaPreConceptEncode").GET_SCHEMA()
+    look = next(i for i in encode.inputs if i.id == "look_alikes")
+    assert look.optional and look.default == "auto" and list(look.options) == ["auto", "preserve prompts", "off"]
     strength = next(i for i in simple.inputs if i.id == "strength")
     assert (strength.min, strength.max, strength.default) == (0.0, 10.0, 1.0) and "0 = no edit" in strength.tooltip
     sockets = {"model", "concepts", "informax"}
@@ -431,18 +437,48 @@ def test_preset_erase_equals_the_legacy_node_with_the_published_fields(scapre_no
     assert not _same_edit(stronger[0], simple[0])
 
 
-def test_default_preset_is_the_legacy_defaults_and_strength_zero_is_no_edit(scapre_nodes, sd15_loaded, sd15_edit):
+def test_default_preset_auto_runs_precise_with_look_alikes_else_the_published_run(scapre_nodes, sd15_loaded,
+                                                                                  sd15_edit):
+    c = scapre_nodes
+    model, clip, _ = sd15_loaded
+    presets = _core(c).presets
+    assert presets.DEFAULT_PRESET == presets.AUTO == "auto"
+    # concepts encoded without look-alikes: the published run for what is erased and how many, said on the node
+    plain = sd15_edit["concepts"]
+    expected = presets.auto_preset(False, plain.concept_type, len(plain.plan.concepts))
+    assert expected in presets.PRESET_NAMES and expected != "precise"
+    auto = _erase_simple(c, model, plain, preset="auto")
+    assert _same_edit(auto[0], _erase_simple(c, model, plain, preset=expected)[0])
+    summary = auto.ui["scapre_summary"][0]
+    assert summary["used"]["preset"] == "auto" and summary["used"]["ran"] == expected
+    assert any(f"preset auto ran {expected}" in w and "look_alikes auto" in w for w in summary["warnings"])
+    # with look-alikes (ScaPre Concept Encode's default): precise, beyond the paper
+    (found,) = _encode(c, clip, concepts="cat", preserve="dog", probes="", look_alikes="auto")
+    auto = _erase_simple(c, model, found, preset="auto")
+    assert _same_edit(auto[0], _erase_simple(c, model, found, preset="precise")[0])
+    assert auto.ui["scapre_summary"][0]["used"]["ran"] == "precise"
+    # the strength dial on the default: 0 no edit, 0.5 half the change of precise
+    config = presets.preset_config("auto")
+    assert config == presets.preset_config("precise")
+    weaker = _erase_simple(c, model, found, preset="auto", strength=0.5)
+    assert weaker[1].config["strength"] == 0.5 * config.strength and not _same_edit(weaker[0], auto[0])
+    none = _erase_simple(c, model, found, preset="auto", strength=0.0)
+    assert not any(bool(d.any()) for d in _diffs(none[0]).values())
+    assert all(p.efficacy == 0 for p in none[1].group("erase"))
+
+
+def test_published_defaults_equal_the_legacy_node_and_strength_zero_is_no_edit(scapre_nodes, sd15_loaded,
+                                                                                sd15_edit):
     c = scapre_nodes
     model = sd15_loaded[0]
-    default = _core(c).presets.DEFAULT_PRESET
-    simple = _erase_simple(c, model, sd15_edit["concepts"], preset=default)
-    config = _core(c).presets.preset_config(default)
+    simple = _erase_simple(c, model, sd15_edit["concepts"], preset="custom")
+    config = _core(c).presets.preset_config("custom")
     legacy_values = {k: v for k, v in config.to_dict().items() if k in LEGACY_WIDGETS}
     legacy = _erase(c, model, sd15_edit["concepts"], **legacy_values)
     assert _same_edit(simple[0], legacy[0])
-    weaker = _erase_simple(c, model, sd15_edit["concepts"], preset=default, strength=0.5)
+    weaker = _erase_simple(c, model, sd15_edit["concepts"], preset="custom", strength=0.5)
     assert weaker[1].config["strength"] == 0.5 * config.strength and not _same_edit(weaker[0], simple[0])
-    none = _erase_simple(c, model, sd15_edit["concepts"], preset=default, strength=0.0)
+    none = _erase_simple(c, model, sd15_edit["concepts"], preset="custom", strength=0.0)
     assert not any(bool(d.any()) for d in _diffs(none[0]).values())
     assert all(p.efficacy == 0 for p in none[1].group("erase"))
 
