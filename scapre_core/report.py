@@ -38,6 +38,10 @@ class PromptResult:
     drift_per_matrix: tuple[float, ...]
     concept: str = ""  # for erase prompts: the concept the prompt belongs to
 
+    def verdict(self, scope: str = "key") -> str | None:
+        """For an erase prompt, :func:`verdict` of its efficacy measured on ``scope``; None for other groups."""
+        return verdict(self.efficacy, scope) if self.group == "erase" else None
+
 
 @dataclass(frozen=True)
 class MatrixResult:
@@ -71,11 +75,38 @@ class EditReport:
         watched = self.group("probe") + self.group("preserve")
         return max(watched, key=lambda p: p.drift) if watched else None
 
+    @property
+    def scope(self) -> str:
+        """The token scope the report measured on (``"key"`` for reports that do not say)."""
+        return str(self.info.get("report_tokens") or "key")
+
+    def empty_guide(self) -> bool:
+        """Whether every erased prompt was guided to the empty prompt (the published presets), as far as ``info``
+        says (``guides``, and no ``look_alikes``)."""
+        return list(self.info.get("guides") or ()) == [""] and not self.info.get("look_alikes")
+
+    def verdicts(self) -> dict[str, Any] | None:
+        """The verdict on the erased prompts (:func:`verdict`): how many of each, the prompts not likely forgotten
+        (lowest efficacy first, at most :data:`VERDICT_LIST`), the rule, and the empty guide's caveat where it
+        applies; None on a scope the verdict is not calibrated for, or without erased prompts."""
+        erased = sorted(self.group("erase"), key=lambda p: p.efficacy)
+        if not erased or self.scope not in REPORT_SCOPES or verdict(erased[0].efficacy, self.scope) is None:
+            return None
+        counts = {label: 0 for label in VERDICTS}
+        for p in erased:
+            counts[p.verdict(self.scope)] += 1
+        doubtful = [{"text": p.text, "verdict": p.verdict(self.scope), "value": p.efficacy} for p in erased
+                    if p.verdict(self.scope) != LIKELY_FORGOTTEN]
+        return {"counts": counts, "not_forgotten": doubtful[:VERDICT_LIST], "more": max(0, len(doubtful) -
+                                                                                      VERDICT_LIST),
+                "rule": VERDICT_RULE, "caveat": EMPTY_GUIDE_CAVEAT if self.empty_guide() else ""}
+
     def summary(self) -> dict[str, Any]:
         """The compact figures the graph shows on the erase node."""
         we, wd = self.worst_efficacy(), self.worst_drift()
         concepts = {p.concept or p.text for p in self.group("erase")}
         return finite({
+            "verdict": self.verdicts(),
             "concepts": len(concepts),
             "prompts": len(self.group("erase")),
             "matrices": len(self.matrices),
@@ -126,6 +157,10 @@ class EditReport:
             lines.append(f"- largest collateral drift: **{s['worst_drift']['text']}** "
                          f"({s['worst_drift']['group']}, {_fmt(s['worst_drift']['value'])})")
         lines.append(f"- mean relative weight change: {_fmt(s['mean_change'])}")
+        v = s["verdict"]
+        lines.append(f"- {verdict_line(v)}" + ("" if v is None else f" ({v['rule']})"))
+        if v is not None and v["caveat"]:
+            lines.append(f"- {v['caveat']}")
         lines.append(f"- {EFFICACY_IS_NOT_A_VERDICT}")
         if self.info.get("report_tokens") in REPORT_SCOPES:
             lines.append(f"- measured on: {describe_scope(self.info['report_tokens'])} "
@@ -137,11 +172,14 @@ class EditReport:
             rows = sorted(self.group(group), key=lambda p: getattr(p, key), reverse=(key == "drift"))
             if not rows:
                 continue
-            lines += ["", f"### {title}", "", "| prompt | efficacy | drift |", "|---|---:|---:|"]
+            judged = group == "erase" and v is not None
+            lines += ["", f"### {title}", "", "| prompt | efficacy | drift |" + (" verdict |" if judged else ""),
+                      "|---|---:|---:|" + ("---|" if judged else "")]
             for p in rows[:max_rows]:
-                lines.append(f"| {_cell(p.text)} | {_fmt(p.efficacy)} | {_fmt(p.drift)} |")
+                lines.append(f"| {_cell(p.text)} | {_fmt(p.efficacy)} | {_fmt(p.drift)} |"
+                             + (f" {p.verdict(self.scope)} |" if judged else ""))
             if len(rows) > max_rows:
-                lines.append(f"| ... {len(rows) - max_rows} more | | |")
+                lines.append(f"| ... {len(rows) - max_rows} more | | |" + (" |" if judged else ""))
         lines += ["", "### Matrices", "", "| matrix | shape | relative change |", "|---|---|---:|"]
         for m in self.matrices[:max_rows]:
             lines.append(f"| {_cell(short_name(m.name))} | {m.shape[0]}x{m.shape[1]} | {_fmt(m.rel_change)} |")
@@ -152,9 +190,61 @@ class EditReport:
 
 #: What efficacy does not say (calibrated against pictures in the miniature worlds: docs/miniworlds.md).
 EFFICACY_IS_NOT_A_VERDICT = (
-    "efficacy measures how far the erased prompts' projections moved, not whether pictures lose the concept: in "
-    "the miniature worlds an efficacy of 0.9 or more left the concept drawn in about a quarter of the cases "
-    "(docs/miniworlds.md, 'Does the report predict the pictures?'); count pictures with ScaPre Compare")
+    "efficacy measures how far the erased prompts' projections moved, not whether pictures lose the concept; the "
+    "verdict is a likelihood from small worlds, not a count: count pictures with ScaPre Compare")
+
+#: The verdict on an erased prompt (beyond the paper), from the report's efficacy on the ``"key"`` token scope.
+LIKELY_FORGOTTEN, UNSURE, LIKELY_DRAWN = "likely forgotten", "unsure", "likely still drawn"
+VERDICTS = (LIKELY_FORGOTTEN, UNSURE, LIKELY_DRAWN)
+
+#: Efficacy at or above which an erased prompt is "likely forgotten", and below which "likely still drawn"
+#: (between them "unsure"). Calibrated against pictures in four miniature worlds (two CLIP-like at width 64 with
+#: two seeds, one at width 128, one whose end tokens carry no concept; ``benchmarks/miniworld/calibrate.py``,
+#: docs/miniworlds.md "Does the report predict the pictures?"): see :data:`VERDICT_RULE` for what they held.
+FORGOTTEN_AT = 0.7
+DRAWN_BELOW = 0.4
+
+#: The rule and where it came from, as the report and the node's summary say it (figures: calibrate.py on the four
+#: worlds, 256 points; "gone" = drawn in at most 10 % of the concept's pictures).
+VERDICT_RULE = (
+    f"efficacy >= {FORGOTTEN_AT}: likely forgotten, < {DRAWN_BELOW}: likely still drawn, between: unsure; from "
+    "pictures in 4 miniature worlds (docs/miniworlds.md): at or above 0.7, 83 of 95 concepts were gone (61 of 63 "
+    "guided to a look-alike); below 0.4, 8 of 9 were still drawn in some pictures; between, 56 of 152 were gone")
+
+#: What the verdict cannot see when the guide is the empty prompt.
+EMPTY_GUIDE_CAVEAT = (
+    "the guide is the empty prompt: a concept the model draws when nothing is named (a default subject) stays "
+    "whatever the efficacy; use a guide that names something else, or the precise preset")
+
+#: Why a report on every token gives no verdict.
+NO_VERDICT = "the verdict is calibrated on the key token scope; set report_tokens to key for one"
+
+#: Prompts the summary names that are not likely forgotten (lowest efficacy first).
+VERDICT_LIST = 5
+
+
+def verdict_line(v: Mapping[str, Any] | None) -> str:
+    """:meth:`EditReport.verdicts` in one line: the counts, then the prompts not likely forgotten."""
+    if v is None:
+        return f"verdict: none ({NO_VERDICT})"
+    line = "verdict: " + ", ".join(f"{label} {n}" for label, n in v["counts"].items() if n)
+    if v["not_forgotten"]:
+        line += "; " + ", ".join(f"{p['text']!r} {p['verdict']} ({_fmt(p['value'])})" for p in v["not_forgotten"])
+        line += f" and {v['more']} more" if v["more"] else ""
+    return line
+
+
+def verdict(efficacy: float, scope: str = "key") -> str | None:
+    """"likely forgotten" at an efficacy of :data:`FORGOTTEN_AT` or more, "likely still drawn" below
+    :data:`DRAWN_BELOW`, "unsure" between (a non-finite efficacy is "unsure"); None on a ``scope`` other than
+    ``"key"``, which the thresholds were not calibrated on."""
+    if scope not in REPORT_SCOPES:
+        raise ValueError(f"report tokens must be one of {REPORT_SCOPES}, got {scope!r}")
+    if scope != "key":
+        return None
+    if not math.isfinite(efficacy):
+        return UNSURE
+    return LIKELY_FORGOTTEN if efficacy >= FORGOTTEN_AT else LIKELY_DRAWN if efficacy < DRAWN_BELOW else UNSURE
 
 
 def short_name(key: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the miniworld benchmark package
 
-from miniworld.calibrate import parse_method, separation, thresholds, without_concept
+from miniworld.calibrate import parse_method, separation, thresholds, verdict_table, without_concept
 from miniworld.evaluate import Ask
 
 
@@ -49,3 +49,16 @@ def test_methods_are_written_preset_and_strength():
     assert (m.preset, m.strength, m.label) == ("precise", 1.5, "precise x1.5")
     with pytest.raises(ValueError, match="custom x1"):
         parse_method("custom")
+
+
+def test_verdict_table_counts_what_the_shipped_verdict_said_against_the_pictures():
+    from comfyui_scapre.scapre_core.report import DRAWN_BELOW, FORGOTTEN_AT
+
+    hi, mid, lo = FORGOTTEN_AT + 0.01, (FORGOTTEN_AT + DRAWN_BELOW) / 2, DRAWN_BELOW - 0.01
+    table = verdict_table({"w1": [_point(hi, 0.0), _point(hi, 0.75), _point(mid, 0.3), _point(lo, 1.0)],
+                           "w2": [_point(hi, 0.05), _point(lo, 0.0, counts=False)]})
+    assert table["w1"]["likely forgotten"] == {"points": 2, "gone": 1, "between": 0, "drawn": 1}
+    assert table["w1"]["unsure"] == {"points": 1, "gone": 0, "between": 1, "drawn": 0}
+    assert table["w1"]["likely still drawn"] == {"points": 1, "gone": 0, "between": 0, "drawn": 1}
+    assert table["w2"]["likely still drawn"]["points"] == 0  # a concept the unedited world does not draw
+    assert table["all worlds"]["likely forgotten"] == {"points": 3, "gone": 2, "between": 0, "drawn": 1}

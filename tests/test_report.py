@@ -81,7 +81,8 @@ def test_json_round_trip_markdown_and_summary():
     assert again == report
     md = report.to_markdown()
     assert "a \\| b" in md and "in4.t0.k" in md and "warning: w1" in md
-    assert "not whether pictures lose the concept" in md and "ScaPre Compare" in md  # efficacy is no verdict
+    assert "not whether pictures lose the concept" in md and "ScaPre Compare" in md  # the verdict is no count
+    assert sum(report.summary()["verdict"]["counts"].values()) == 2  # one verdict per erased prompt
     summary = report.summary()
     assert summary["concepts"] == 2 and summary["matrices"] == 1 and summary["worst_drift"] is None
     assert short_name("diffusion_model.output_blocks.11.1.transformer_blocks.3.attn2.to_v.weight") == "out11.t3.v"
@@ -208,3 +209,65 @@ def test_the_report_records_its_token_scope_and_shows_it():
     assert ReportBuilder({"erase": concepts}).tokens == "key"  # the default
     with pytest.raises(ValueError, match="report tokens must be one of"):
         ReportBuilder({"erase": concepts}, tokens="some")
+
+
+def _judged(efficacies: dict[str, float], info: dict | None = None) -> EditReport:
+    from comfyui_scapre.scapre_core.report import MatrixResult, PromptResult
+
+    prompts = tuple(PromptResult(t, "erase", e, 0.1, (e,), (0.1,), concept=t) for t, e in efficacies.items())
+    probe = PromptResult("a dog", "probe", 0.0, 0.2, (0.0,), (0.2,))
+    return EditReport(matrices=(MatrixResult("m", (2, 2), 0.1),), prompts=(*prompts, probe),
+                      info={"report_tokens": "key", **(info or {})})
+
+
+def test_verdict_thresholds_and_their_edges():
+    from comfyui_scapre.scapre_core.report import (
+        DRAWN_BELOW,
+        FORGOTTEN_AT,
+        LIKELY_DRAWN,
+        LIKELY_FORGOTTEN,
+        UNSURE,
+        verdict,
+    )
+
+    assert 0 < DRAWN_BELOW < FORGOTTEN_AT < 1
+    assert verdict(FORGOTTEN_AT) == LIKELY_FORGOTTEN and verdict(1.0) == LIKELY_FORGOTTEN
+    assert verdict(FORGOTTEN_AT - 1e-9) == UNSURE and verdict(DRAWN_BELOW) == UNSURE
+    assert verdict(DRAWN_BELOW - 1e-9) == LIKELY_DRAWN and verdict(0.0) == LIKELY_DRAWN
+    assert verdict(float("nan")) == UNSURE
+    assert verdict(0.95, "full") is None  # not calibrated on every token: no verdict rather than a wrong one
+    with pytest.raises(ValueError, match="key"):
+        verdict(0.5, "some")
+
+
+def test_report_and_summary_give_a_verdict_per_erased_prompt():
+    from comfyui_scapre.scapre_core.report import EMPTY_GUIDE_CAVEAT, VERDICT_RULE, verdict_line
+
+    report = _judged({"cat": 0.95, "dog": 0.2, "green triangle": 0.55}, {"guides": ["a bar"]})
+    v = report.summary()["verdict"]
+    assert v["counts"] == {"likely forgotten": 1, "unsure": 1, "likely still drawn": 1}
+    assert [(p["text"], p["verdict"]) for p in v["not_forgotten"]] == [("dog", "likely still drawn"),
+                                                                         ("green triangle", "unsure")]
+    assert v["rule"] == VERDICT_RULE and v["caveat"] == "" and v["more"] == 0
+    md = report.to_markdown()
+    assert "| cat | 0.950 | 0.100 | likely forgotten |" in md and "| dog | 0.200 | 0.100 | likely still drawn |" in md
+    assert "| a dog | 0.000 | 0.200 |\n" in md  # probes get no verdict column
+    assert "'dog' likely still drawn (0.200)" in verdict_line(v)
+    again = EditReport.from_dict(json.loads(report.to_json()))  # the verdict is derived: survives a round trip
+    assert again.summary()["verdict"] == v
+    empty = _judged({"cat": 0.95}, {"guides": [""]})  # published presets: the empty guide's caveat
+    assert empty.summary()["verdict"]["caveat"] == EMPTY_GUIDE_CAVEAT and EMPTY_GUIDE_CAVEAT in empty.to_markdown()
+    focused = _judged({"cat": 0.95}, {"guides": [""], "look_alikes": {"cat": ["dog"]}})
+    assert focused.summary()["verdict"]["caveat"] == ""
+
+
+def test_summary_lists_at_most_a_few_doubtful_prompts_and_full_scope_has_no_verdict():
+    from comfyui_scapre.scapre_core.report import NO_VERDICT, VERDICT_LIST
+
+    many = _judged({f"c{i}": 0.01 * i for i in range(VERDICT_LIST + 3)})
+    v = many.summary()["verdict"]
+    assert len(v["not_forgotten"]) == VERDICT_LIST and v["more"] == 3
+    assert v["not_forgotten"][0]["text"] == "c0"  # lowest efficacy first
+    full = _judged({"cat": 0.95}, {"report_tokens": "full"})
+    assert full.summary()["verdict"] is None and NO_VERDICT in full.to_markdown()
+    assert "| cat | 0.950 | 0.100 |\n" in full.to_markdown()

@@ -140,6 +140,20 @@ export function describeUsed(u) {
     return lines;
 }
 
+// the report's verdict per erased prompt (scapre_core/report.py EditReport.verdicts; null on the full token scope)
+export function describeVerdict(v) {
+    if (!v || typeof v !== "object" || !v.counts || typeof v.counts !== "object") return [];
+    const counts = Object.entries(v.counts).filter(([, n]) => n).map(([label, n]) => `${label} ${n}`);
+    const lines = [`verdict: ${counts.join(" · ")}`];
+    for (const p of Array.isArray(v.not_forgotten) ? v.not_forgotten : []) {
+        lines.push(`  ${str(p.verdict)}: "${str(p.text)}" (efficacy ${num(p.value)})`);
+    }
+    if (v.more) lines.push(`  … ${v.more} more`);
+    if (v.caveat) lines.push(`⚠ ${str(v.caveat)}`);
+    if (v.rule) lines.push(`(${str(v.rule)})`);
+    return lines;
+}
+
 export function describeSummary(s) {
     if (!s || typeof s !== "object") return str(s);
     const matrices = `${s.matrices ?? 0} ${s.matrices === 1 ? "matrix" : "matrices"}`;
@@ -152,6 +166,7 @@ export function describeSummary(s) {
     else if (s.report_tokens === "full") lines.push("report on every token");
     if (s.mean_efficacy != null) lines.push(`mean efficacy ${num(s.mean_efficacy)}`);
     if (s.worst_efficacy) lines.push(worst("efficacy", s.worst_efficacy));
+    lines.push(...describeVerdict(s.verdict));
     if (s.worst_drift) lines.push(worst("drift", s.worst_drift, ` (${str(s.worst_drift.group)})`));
     if (s.mean_change != null) lines.push(`mean weight change ${num(s.mean_change)}`);
     for (const warning of Array.isArray(s.warnings) ? s.warnings : []) lines.push(`⚠ ${str(warning)}`);

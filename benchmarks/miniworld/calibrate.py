@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
 
 from scapre_core import ConceptSet, erase
 from scapre_core.evaluation.recovery import wilson
-from scapre_core.report import ReportBuilder
+from scapre_core.report import DRAWN_BELOW, FORGOTTEN_AT, VERDICTS, ReportBuilder, verdict
 
 from .bench import CONCEPT_SETS, SIZES, Method, _reads_concept, build_case
 from .evaluate import Ask, concept_set, draw, focus_concept_set, read, unet_with
@@ -74,12 +74,13 @@ def efficacies(world, cs, method: Method, seed: int, context: ConceptSet
     weights = cross_attention_weights(world.unet)
     edited = erase(weights, cs, method.config(seed))
     out = []
-    for group in (cs, context):
-        builder = ReportBuilder({"erase": group}, tokens="key")
+    for group, tokens in ((cs, "key"), (context, "key"), (cs, "full")):
+        builder = ReportBuilder({"erase": group}, tokens=tokens)
         for name, w0 in weights.items():
             builder.add(name, w0, edited[name])
         out.append(builder.build().group("erase"))
-    return {p.text: p.efficacy for p in out[0]}, [p.efficacy for p in out[1]], edited
+    full = {p.text: p.efficacy for p in out[2]}
+    return {p.text: (p.efficacy, full[p.text]) for p in out[0]}, [p.efficacy for p in out[1]], edited
 
 
 def without_concept(ask: Ask, concept: str) -> str:
@@ -112,7 +113,8 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
     sets = {"plain": concept_set(world, concepts)}
     if any(m.config(0).variant == "focus" for m in methods):
         sets["focus"], _ = focus_concept_set(world, concepts)
-    points = {(m, c): {"k": 0, "n": 0, "efficacy": [], "context": []} for m in ["unedited", *methods] for c in concepts}
+    points = {(m, c): {"k": 0, "n": 0, "efficacy": [], "context": [], "full": []} for m in ["unedited", *methods]
+              for c in concepts}
     for seed in seeds:
         reading = read(judge, draw(world, asks, seed, steps=steps, guidance=guidance), asks)
         for i, (_, concept) in enumerate(erased):
@@ -120,6 +122,7 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
             points[("unedited", concept)]["n"] += 1
             points[("unedited", concept)]["efficacy"] = [0.0]
             points[("unedited", concept)]["context"] = [0.0]
+            points[("unedited", concept)]["full"] = [0.0]
         for m in methods:
             cs = sets["focus" if m.config(seed).variant == "focus" else "plain"]
             eff, eff_context, edited = efficacies(world, cs, m, seed, context)
@@ -131,14 +134,16 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
                 p["n"] += 1
                 p["context"].append(eff_context[i])
             for c in concepts:
-                points[(m, c)]["efficacy"].append(eff[c])
+                points[(m, c)]["efficacy"].append(eff[c][0])
+                points[(m, c)]["full"].append(eff[c][1])
     out = []
     for (label, concept), p in points.items():
         label = getattr(label, "label", label)
         lo, hi = wilson(p["k"], p["n"])
         out.append({"set": set_name, "method": label, "concept": concept,
                     "efficacy": sum(p["efficacy"]) / len(p["efficacy"]),
-                    "efficacy_context": sum(p["context"]) / len(p["context"]), "forget": p["k"] / p["n"], "k": p["k"],
+                    "efficacy_context": sum(p["context"]) / len(p["context"]),
+                    "efficacy_full": sum(p["full"]) / len(p["full"]), "forget": p["k"] / p["n"], "k": p["k"],
                     "n": p["n"], "lo": round(lo, 4), "hi": round(hi, 4)})
         log.info("%s %-16s %-16s efficacy %.3f in context %.3f forget %.2f (%d/%d)", set_name, label, concept,
                  out[-1]["efficacy"], out[-1]["efficacy_context"], out[-1]["forget"], p["k"], p["n"])
@@ -148,7 +153,7 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
     return out
 
 
-PREDICTORS = ("efficacy", "efficacy_context")
+PREDICTORS = ("efficacy", "efficacy_context", "efficacy_full")
 
 
 def thresholds(points: list[dict], key: str = "efficacy") -> dict:
@@ -171,7 +176,7 @@ def thresholds(points: list[dict], key: str = "efficacy") -> dict:
 
 
 #: Thresholds of the separation table.
-GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def separation(points: list[dict], key: str) -> list[dict]:
@@ -187,6 +192,25 @@ def separation(points: list[dict], key: str) -> list[dict]:
                      "below_gone": sum(p["forget"] <= GONE for p in below),
                      "below_drawn": sum(p["forget"] >= DRAWN for p in below)})
     return rows
+
+
+def verdict_table(per_world: dict[str, list[dict]], key: str = "efficacy"
+                  ) -> dict[str, dict[str, dict[str, int]]]:
+    """What the shipped verdict (``scapre_core.report.verdict``) said against what the pictures showed: per world
+    and pooled (``"all worlds"``), per verdict, how many points were gone, partly forgotten and still drawn. ``key``:
+    the report's efficacy on the key tokens (``"efficacy"``, what the verdict reads) or on every token
+    (``"efficacy_full"``, the legacy node's scope, to see whether the same thresholds would hold there)."""
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for w, points in [*per_world.items(), ("all worlds", [p for v in per_world.values() for p in v])]:
+        rows = {label: {"points": 0, "gone": 0, "between": 0, "drawn": 0} for label in VERDICTS}
+        for p in points:
+            if not p["counts"]:
+                continue
+            row = rows[verdict(p[key])]
+            row["points"] += 1
+            row["gone" if p["forget"] <= GONE else "drawn" if p["forget"] >= DRAWN else "between"] += 1
+        table[w] = rows
+    return table
 
 
 def markdown(per_world: dict[str, list[dict]], fitted: dict, separated: dict) -> str:
@@ -208,8 +232,17 @@ def markdown(per_world: dict[str, list[dict]], fitted: dict, separated: dict) ->
             lines.append(f"| {r['threshold']} | {r['above_gone']} / {r['above_drawn']} / {r['above']} | "
                          f"{r['below_drawn']} / {r['below_gone']} / {r['below']} |")
         lines.append("")
-    lines += ["Every point (a concept the unedited model draws in under half of its pictures is left out: marked *):",
-              "", "| world | set | method | concept | efficacy | efficacy_context | forget (k/n) [95 %] |",
+    lines += [f"## The shipped verdict (efficacy >= {FORGOTTEN_AT}: likely forgotten; < {DRAWN_BELOW}: likely still "
+              "drawn)", "", "| world | verdict | points | gone | partly | still drawn |",
+              "|---|---|---:|---:|---:|---:|"]
+    for key in ("efficacy", "efficacy_full"):
+        for w, rows in verdict_table(per_world, key).items():
+            for label, r in rows.items():
+                lines.append(f"| {w}{'' if key == 'efficacy' else ' (every token)'} | {label} | {r['points']} | "
+                             f"{r['gone']} | {r['between']} | {r['drawn']} |")
+    lines += ["", "Every point (a concept the unedited model draws in under half of its pictures is left out: "
+              "marked *):", "",
+              "| world | set | method | concept | efficacy | efficacy_context | forget (k/n) [95 %] |",
               "|---|---|---|---|---:|---:|---|"]
     for w, points in per_world.items():
         for p in sorted(points, key=lambda p: (p["set"], p["concept"], p["efficacy"])):
@@ -242,6 +275,20 @@ def plot(path: Path, per_world: dict[str, list[dict]]) -> None:
     plt.close(fig)
 
 
+def write(out: Path, per_world: dict[str, list[dict]], settings: dict) -> None:
+    """``calibration.json`` and ``calibration.md`` of ``per_world``'s points in ``out``."""
+    every = [p for v in per_world.values() for p in v]
+    fitted = {key: {"per_world": {k: thresholds(v, key) for k, v in per_world.items()},
+                    "pooled": thresholds(every, key)} for key in PREDICTORS}
+    separated = {key: separation(every, key) for key in PREDICTORS}
+    (out / "calibration.json").write_text(json.dumps({
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()} | {"out": str(out)},
+        "gone": GONE, "drawn": DRAWN, "points": per_world, "fitted": fitted, "separation": separated,
+        "verdict": verdict_table(per_world), "verdict_full": verdict_table(per_world, "efficacy_full")},
+        indent=1, default=str))
+    (out / "calibration.md").write_text(markdown(per_world, fitted, separated))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Calibrate the report's efficacy against forgetting in images.")
     parser.add_argument("--worlds", nargs="+", default=["clip64", "clip64-seed1", "clip128", "blind64"],
@@ -254,28 +301,29 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="instead of measuring: pool the calibration.json of these folders (runs of other "
+                        "worlds, e.g. on two cores) into --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     out = args.out or Path(os.environ.get("SCAPRE_MINIWORLD_OUT", cache_dir() / "results")) / "calibration"
     out.mkdir(parents=True, exist_ok=True)
-    methods = [parse_method(m) for m in args.methods]
-    judge, _ = get_judge(JudgeConfig())
     start = time.perf_counter()
     per_world: dict[str, list[dict]] = {}
-    for w in args.worlds:
-        world = load(w)
-        per_world[w] = []
-        for s in args.sets:
-            per_world[w] += calibrate_set(world, judge, s, methods, tuple(args.seeds), args.steps, args.guidance)
-        every = [p for v in per_world.values() for p in v]
-        fitted = {key: {"per_world": {k: thresholds(v, key) for k, v in per_world.items()},
-                        "pooled": thresholds(every, key)} for key in PREDICTORS}
-        separated = {key: separation(every, key) for key in PREDICTORS}
-        (out / "calibration.json").write_text(json.dumps({"settings": vars(args) | {"out": str(out)},
-                                                          "gone": GONE, "drawn": DRAWN, "points": per_world,
-                                                          "fitted": fitted, "separation": separated}, indent=1))
-        (out / "calibration.md").write_text(markdown(per_world, fitted, separated))
+    if args.merge:
+        for folder in args.merge:
+            per_world |= json.loads((folder / "calibration.json").read_text())["points"]
+        write(out, per_world, vars(args))
+    else:
+        methods = [parse_method(m) for m in args.methods]
+        judge, _ = get_judge(JudgeConfig())
+        for w in args.worlds:
+            world = load(w)
+            per_world[w] = []
+            for s in args.sets:
+                per_world[w] += calibrate_set(world, judge, s, methods, tuple(args.seeds), args.steps, args.guidance)
+            write(out, per_world, vars(args))
     plot(out / "calibration.png", per_world)
     sys.stdout.write((out / "calibration.md").read_text())
     log.info("wrote %s in %.0f s", out, time.perf_counter() - start)

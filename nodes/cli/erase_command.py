@@ -16,6 +16,7 @@ import torch
 
 from ...scapre_core.presets import AUTO, EraseSettings, preset_config
 from ...scapre_core.prompts import plan_prompts
+from ...scapre_core.report import verdict_line
 from .inputs import read_concepts
 from .progress import Bars
 
@@ -206,4 +207,5 @@ def run(job: EraseJob, comfyui: Path, cpu: bool = False, bars: Bars | None = Non
     lines.insert(0, f"erased {summary['concepts']} concept(s) ({summary['prompts']} prompt(s)) in "
                     f"{summary['matrices']} matrices, mean efficacy "
                     + ("n/a" if efficacy is None else f"{efficacy:.3f}"))
+    lines.insert(1, verdict_line(summary["verdict"]))
     return lines

@@ -20,7 +20,7 @@ from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weigh
 from ...scapre_core.concepts import ConceptSet
 from ...scapre_core.lowrank import LowRankChange
 from ...scapre_core.presets import auto_preset
-from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens
+from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens, verdict_line
 from ...scapre_core.solve import CONCEPT_BLOCK
 from . import formats
 from .architectures import (
@@ -364,6 +364,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
              "weights in compact form; %.1f MB as dense matrices)", arch.name, summary["concepts"], summary["matrices"],
              seconds, summary["mean_efficacy"], patches["mb"], patches["compact"], patches["weights"],
              patches["dense_mb"])
+    log.info("ScaPre Erase: %s", verdict_line(summary["verdict"]))
     return edited_model, record
 
 

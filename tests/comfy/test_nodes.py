@@ -173,6 +173,7 @@ def test_erase_patches_exactly_the_cross_attention_keys_and_values(scapre_nodes,
     assert not any(k in model.patches for k in kv)
     summary = sd15_edit["ui"]["scapre_summary"][0]
     assert summary["matrices"] == 32 and summary["concepts"] == 2
+    assert summary["verdict"] is None  # the legacy node's report reads every token: no calibrated verdict
 
 
 def test_edited_weights_are_original_plus_the_edit(scapre_nodes, sd15_loaded, sd15_edit):
@@ -452,11 +453,15 @@ def test_default_preset_auto_runs_precise_with_look_alikes_else_the_published_ru
     summary = auto.ui["scapre_summary"][0]
     assert summary["used"]["preset"] == "auto" and summary["used"]["ran"] == expected
     assert any(f"preset auto ran {expected}" in w and "look_alikes auto" in w for w in summary["warnings"])
+    verdict = summary["verdict"]  # one verdict per erased prompt, with the rule it came from
+    assert sum(verdict["counts"].values()) == summary["prompts"] and "miniature worlds" in verdict["rule"]
+    assert verdict["caveat"] and "empty prompt" in verdict["caveat"]  # the published runs guide to ""
     # with look-alikes (ScaPre Concept Encode's default): precise, beyond the paper
     (found,) = _encode(c, clip, concepts="cat", preserve="dog", probes="", look_alikes="auto")
     auto = _erase_simple(c, model, found, preset="auto")
     assert _same_edit(auto[0], _erase_simple(c, model, found, preset="precise")[0])
     assert auto.ui["scapre_summary"][0]["used"]["ran"] == "precise"
+    assert auto.ui["scapre_summary"][0]["verdict"]["caveat"] == ""  # guided to its look-alike
     # the strength dial on the default: 0 no edit, 0.5 half the change of precise
     config = presets.preset_config("auto")
     assert config == presets.preset_config("precise")
