@@ -34,6 +34,7 @@ _FLOAT = {
     "p": (0.0, 32.0, 0.1), "mi_temperature": (0.01, 10.0, 0.01), "noise_sigma": (0.0, 10.0, 0.001),
     "mu": (0.0, 100.0, 0.01), "t_sigma": (0.01, 100.0, 0.01), "p_sigma": (0.0, 32.0, 0.1),
     "alpha_min": (0.0, 1.0, 0.01), "strength": (0.0, 10.0, 0.05), "focus_eps": (1e-6, 10.0, 1e-4),
+    "overshoot": (0.0, 10.0, 0.05),
 }
 _INT = {"mi_samples": (1, 1000), "entropy_samples": (1, 1000), "entropy_bins": (2, 1000), "bures_iters": (0, 100),
         "seed": (0, 0xFFFFFFFFFFFFFFFF), "focus_rank": (1, 64)}

@@ -108,7 +108,8 @@ def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConf
 
     ``strength`` is ``ScaPreConfig.strength``: 0 no edit at all, below 1 that share of the preset's change, 1 the
     preset exactly as published (the same config, hence the same bits), above 1 the method goes further
-    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it).
+    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it;
+    :attr:`ScaPreConfig.past_guide`: the erased prompts aimed past their guides).
 
     ``auto`` gives ``precise``'s config, what it runs where it can; ScaPre Erase and the command line choose per edit
     (:func:`auto_preset`)."""

@@ -169,7 +169,8 @@ def prepare_text_side(
     return TextSide(
         concept_vecs=cast(concepts.concept_vecs),
         empty_vec=cast(concepts.empty_vec),
-        contexts=pad_sequences(concepts.contexts, dtype, device) if config.technique == "tensor" else None,
+        contexts=(pad_sequences(concepts.contexts, dtype, device)
+                  if config.technique == "tensor" or config.past_guide else None),
         contexts_e=rotate_sequences(concepts.contexts, basis, dtype, device),
         guides=pad_sequences(concepts.guides, dtype, device),
         guide_index=torch.tensor(concepts.guide_index, dtype=torch.long, device=device),
@@ -230,7 +231,7 @@ def _prepare_direct(concepts: ConceptSet, config: ScaPreConfig, device: torch.de
     return TextSide(
         concept_vecs=cast(concepts.concept_vecs),
         empty_vec=cast(concepts.empty_vec),
-        contexts=contexts if config.technique == "tensor" else None,
+        contexts=contexts if config.technique == "tensor" or config.past_guide else None,
         contexts_e=contexts,
         guides=pad_sequences(concepts.guides, f64, lin),
         guide_index=torch.tensor(concepts.guide_index, dtype=torch.long, device=lin),
@@ -300,7 +301,8 @@ CONCEPT_BLOCK = 128
 
 
 def data_term(
-    w0: torch.Tensor, text: TextSide, row_weights: torch.Tensor, erase_scale: float, technique: str
+    w0: torch.Tensor, text: TextSide, row_weights: torch.Tensor, erase_scale: float, technique: str,
+    overshoot: float = 0.0,
 ) -> torch.Tensor:
     """``V E`` with ``V = s sum_j m_j (.) (T_j X_j)`` and targets ``T_j = W0 Y_j^T`` (``[o, d]``): the
     data term in the eigenbasis ``E`` of ``G0``, from the rotated contexts ``X_j E`` (module docstring).
@@ -311,6 +313,9 @@ def data_term(
     ``technique="tensor"`` first removes from ``T_j`` its component along the normalised source
     projection ``W0 X_j^T`` (Frobenius inner product, per concept).
 
+    ``overshoot`` ``o > 0`` (beyond the paper, :attr:`ScaPreConfig.past_guide`) moves each target past its guide,
+    away from the source: ``T_j + o (T_j - W0 X_j^T)``. At 0 the targets are the guides' exactly.
+
     Each distinct guide is projected once; ``Y_j`` is a prefix of its guide, and the columns of
     ``T_j`` past ``t_j`` meet the zero padding of ``X_j``, so they add nothing."""
     o, (m, t, r), d = w0.shape[0], text.contexts_e.shape, w0.shape[1]
@@ -318,7 +323,7 @@ def data_term(
     if t_guide < t:
         raise AssertionError("guide sequences are never shorter than the contexts they align with")
     guide_proj = (w0 @ text.guides[:, :t].reshape(u * t, d).T).reshape(o, u, t)
-    if text.direct and technique != "tensor":
+    if text.direct and technique != "tensor" and not overshoot:
         return _data_term_by_mode(guide_proj, text, row_weights, erase_scale)
     out = torch.zeros(o, r, dtype=w0.dtype, device=w0.device)
     step = min(CONCEPT_BLOCK, max(1, CONCEPT_BLOCK * 77 // max(t, 1)))  # T5's 256-512 rows: fewer per block
@@ -332,6 +337,9 @@ def data_term(
             inner = (source * target).sum(dim=(0, 2))
             coef = torch.where(norm2 > 0, inner / norm2.clamp_min(torch.finfo(w0.dtype).tiny), 0.0)
             target = target - coef.view(1, n, 1) * source
+        if overshoot:
+            source = (w0 @ text.contexts[block].reshape(n * t, d).T).reshape(o, n, t)
+            target = target + overshoot * (target - source)
         target = target * (erase_scale * row_weights[:, block]).unsqueeze(2)
         out.addmm_(target.reshape(o, n * t), text.contexts_e[block].reshape(n * t, r))
     return out

@@ -1,8 +1,10 @@
 """The strength dial (``ScaPreConfig.strength``, ``preset_config(name, strength)``): 0 is no edit, 1 the published
 edit bit for bit, between them a share of its change, above 1 the method itself goes further (erase scale up, what
-pulls the change back down) towards mapping the erased prompts onto their guides."""
+pulls the change back down, the erased prompts aimed past their guides by ``overshoot`` per unit above 1)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -100,7 +102,7 @@ def _further(config: ScaPreConfig, s: float) -> ScaPreConfig:
 @pytest.mark.parametrize("s", [1.5, 4.0])
 def test_strength_above_one_raises_the_erase_scale_and_lowers_the_pull_back(name, s):
     cs, w, _ = _inputs()
-    config = preset_config(name, 1.0).replace(precision="float64", mu_from_entropy=False, mu=0.2)
+    config = preset_config(name, 1.0).replace(precision="float64", mu_from_entropy=False, mu=0.2, overshoot=0.0)
     out = erase(w, cs, config.replace(strength=s))
     same = erase(w, cs, _further(config, s))
     # identical arithmetic except the small variant's rollback, written differently (1 - (1 - keep) / s)
@@ -114,18 +116,57 @@ def test_strength_above_one_raises_the_erase_scale_and_lowers_the_pull_back(name
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_strength_does_not_overshoot(name):
-    """Large strengths approach a limit (the erased prompts mapped onto their guides) instead of growing
-    without bound as a multiplied change would."""
+def test_without_overshoot_strength_stops_at_the_guide(name):
+    """With ``overshoot`` 0, large strengths approach a limit (the erased prompts mapped onto their guides) instead
+    of growing without bound as a multiplied change would."""
     cs, w, _ = _inputs()
 
     def change(s):
-        out = erase(w, cs, preset_config(name, s, seed=1).replace(precision="float64"))
+        out = erase(w, cs, preset_config(name, s, seed=1).replace(precision="float64", overshoot=0.0))
         return torch.cat([(out[k] - w[k]).flatten() for k in w])
 
     one, big, bigger = change(1.0), change(1e4), change(1e5)
     assert float((bigger - big).norm()) < 1e-2 * float(big.norm())
     assert float(big.norm()) < 10 * float(one.norm())
+
+
+def _past_guides(cs, o: float):
+    """``cs`` with each erase prompt's guide moved past it by ``o``: ``Y_j + o (Y_j - X_j)``, one guide per prompt."""
+    moved = tuple((1 + o) * y - o * x for x, y in zip(cs.contexts, cs.targets, strict=True))
+    return dataclasses.replace(cs, guides=moved, guide_index=tuple(range(len(moved))))
+
+
+@pytest.mark.parametrize("name", [n for n in PRESET_NAMES if n != "precise"])
+@pytest.mark.parametrize("path", ["span", "eigen", "direct"])
+@pytest.mark.parametrize("s", [1.0, 2.5])
+def test_strength_above_one_aims_past_the_guide(monkeypatch, name, path, s):
+    """Above strength 1 the edit is the one whose guides lie ``overshoot * (strength - 1)`` past the published
+    ones, on every route of the solve (the data term alone reads the guides); at 1 and with overshoot 0 nothing
+    moves."""
+    from comfyui_scapre.scapre_core import solve
+
+    monkeypatch.setattr(solve, "DIRECT_MIN_DIM", 24)
+    monkeypatch.setattr(solve, "route", lambda *_: path)
+    cs, w, _ = _inputs()
+    config = preset_config(name, s, seed=2).replace(precision="float64", overshoot=0.4)
+    assert config.past_guide == pytest.approx(0.4 * (s - 1))
+    assert config.replace(strength=10.0).past_guide == pytest.approx(0.4 * 4)  # grows up to strength 5 only
+    out = erase(w, cs, config)
+    same = erase(w, _past_guides(cs, config.past_guide), config.replace(overshoot=0.0))
+    for k in w:  # the moved guides are rounded to the float32 of the inputs; the edit moves them in float64
+        assert float((out[k] - same[k]).norm()) <= 1e-6 * float((out[k] - w[k]).norm()), (name, path, k)
+    if s > 1:
+        stopped = erase(w, cs, config.replace(overshoot=0.0))
+        assert not all(torch.allclose(out[k], stopped[k], rtol=1e-6) for k in w)
+
+
+def test_overshoot_is_not_read_by_precise_and_is_refused_below_zero():
+    cs, w, _ = _inputs()
+    a = erase(w, cs, preset_config("precise", 3.0).replace(precision="float64"))
+    b = erase(w, cs, preset_config("precise", 3.0).replace(precision="float64", overshoot=0.0))
+    assert all(torch.equal(a[k], b[k]) for k in w)
+    with pytest.raises(ValueError, match="overshoot"):
+        ScaPreConfig(overshoot=-0.1)
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                             + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
     erase.add_argument("--strength", type=float, default=1.0,
                        help="how far the edit goes: 0 no edit, up to 1 a share of the preset's change, 1 as published, "
-                            "above 1 further (erase scale times it, pull-back divided by it); default 1")
+                            "above 1 further (erase scale times it, pull-back divided by it, the erased prompts aimed "
+                            "past their guides); default 1")
     erase.add_argument("--seed", type=int, default=0, help="seed of the Informax/entropy noise (0)")
     erase.add_argument("--settings", metavar="FILE.json",
                        help="JSON object of config field names (and 'edit') overriding the preset's values")

@@ -152,7 +152,7 @@ def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
     sockets = {"model", "concepts", "informax"}
     assert [i.id for i in legacy.inputs if i.id not in sockets] == LEGACY_WIDGETS
     # the same widgets, same order, same defaults; fields added later come after them (Settings only)
-    assert [i.id for i in settings.inputs] == [*LEGACY_WIDGETS, "strength", "focus_rank", "focus_eps"]
+    assert [i.id for i in settings.inputs] == [*LEGACY_WIDGETS, "strength", "focus_rank", "focus_eps", "overshoot"]
     legacy_defaults = {i.id: i.default for i in legacy.inputs if i.id not in sockets}
     assert {i.id: i.default for i in settings.inputs if i.id in legacy_defaults} == legacy_defaults
     assert {i.id: i.tooltip for i in settings.inputs if i.id in legacy_defaults} == {
