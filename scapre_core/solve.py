@@ -331,14 +331,14 @@ def data_term(
         block = slice(start, min(start + step, m))
         n = block.stop - block.start
         target = guide_proj[:, text.guide_index[block], :]
-        if technique == "tensor":
+        if technique == "tensor" or overshoot:  # the source projection W0 X_j^T, once for both
             source = (w0 @ text.contexts[block].reshape(n * t, d).T).reshape(o, n, t)
+        if technique == "tensor":
             norm2 = (source * source).sum(dim=(0, 2))
             inner = (source * target).sum(dim=(0, 2))
             coef = torch.where(norm2 > 0, inner / norm2.clamp_min(torch.finfo(w0.dtype).tiny), 0.0)
             target = target - coef.view(1, n, 1) * source
         if overshoot:
-            source = (w0 @ text.contexts[block].reshape(n * t, d).T).reshape(o, n, t)
             target = target + overshoot * (target - source)
         target = target * (erase_scale * row_weights[:, block]).unsqueeze(2)
         out.addmm_(target.reshape(o, n * t), text.contexts_e[block].reshape(n * t, r))
