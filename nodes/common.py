@@ -35,6 +35,7 @@ _FLOAT = {
     "mu": (0.0, 100.0, 0.01), "t_sigma": (0.01, 100.0, 0.01), "p_sigma": (0.0, 32.0, 0.1),
     "alpha_min": (0.0, 1.0, 0.01), "strength": (0.0, 10.0, 0.05), "focus_eps": (1e-6, 10.0, 1e-4),
     "overshoot": (0.0, 10.0, 0.05),
+    "look_alike_pull": (0.0, 10.0, 0.05),
 }
 _INT = {"mi_samples": (1, 1000), "entropy_samples": (1, 1000), "entropy_bins": (2, 1000), "bures_iters": (0, 100),
         "seed": (0, 0xFFFFFFFFFFFFFFFF), "focus_rank": (1, 64)}

@@ -58,7 +58,8 @@ class ScaPreConceptEncode(io.ComfyNode):
                                        "own, such as 'green triangle' near 'triangle', is guided to itself with its "
                                        "last word replaced: 'green bar'); SD1.x, SD2.x and SDXL only, skipped with a "
                                        "note for other text encoders. 'preserve prompts' uses only yours; off skips "
-                                       "this (the published presets do not use it; auto costs one encoding of the "
+                                       "this (the published presets use it only above strength 1, where their "
+                                       "guides move towards the nearest look-alike; auto costs one encoding of the "
                                        "candidates per CLIP). The look-alikes found are shown below."),
             ],
             outputs=[Concepts.Output("encoded_concepts", display_name="concepts",

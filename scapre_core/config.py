@@ -70,9 +70,10 @@ FIELD_HELP: dict[str, str] = {
     "strength": "How far the edit goes (beyond the paper, which has no such dial). 0 = no edit (the weights come "
     "back unchanged); up to 1 the configured change W - W0 is multiplied by it; 1 = the configured edit exactly (a "
     "preset's published edit); above 1 the method itself goes further: its erase scale is multiplied by the "
-    "strength, what pulls the change back (the Bures step's mu, the small variant's rollback) is divided by it, "
-    "and the erased prompts are aimed past their guides (see overshoot), so forgetting grows with it and so does "
-    "the change to other prompts.",
+    "strength, what pulls the change back (the Bures step's mu, the small variant's rollback) and Informax's "
+    "exponent p are divided by it, the erased prompts are aimed past their guides (see overshoot) and their guides "
+    "move towards their nearest look-alikes where those were found (see look_alike_pull), so forgetting grows "
+    "with it and so does the change to other prompts.",
     "focus_rank": "Focus variant (beyond the paper): text directions the edit may change per erase prompt (2); "
     "more forgets more and keeps less.",
     "focus_eps": "Focus variant (beyond the paper): ridge of the preserve prompts' metric, relative to its mean "
@@ -82,6 +83,11 @@ FIELD_HELP: dict[str, str] = {
     "guide; it grows up to strength 5, plus 1.2, and stays there). A model may draw a concept even when it is not "
     "named; mapping the prompt exactly onto the empty guide cannot remove that, a target past it can. 0 = the dial "
     "stops at the guide. Not used by the focus variant (precise), whose guide is a look-alike.",
+    "look_alike_pull": "Above strength 1 (beyond the paper): how far each erased prompt's guide moves towards the "
+    "concept's nearest look-alike, per unit of strength above 1 (0.5: half way at strength 2, all the way from 3 "
+    "on), where ScaPre Concept Encode found look-alikes (look_alikes auto; SD1.x, SD2.x, SDXL). A model may draw a "
+    "concept even when nothing is named (a default shape, a house style): the empty guide then keeps it, a "
+    "look-alike does not. 0 = guides stay as published. Not used by precise, whose guide is the look-alike.",
     "precision": "Arithmetic of the edit: float32 (default; equals the float64 edit to about 1e-6 of the edit) "
     "or float64 (same result, slower; much slower on consumer GPUs). Weights keep their own dtype.",
 }
@@ -133,6 +139,7 @@ class ScaPreConfig:
     focus_rank: int = 2
     focus_eps: float = 1e-3
     overshoot: float = 0.3
+    look_alike_pull: float = 0.5
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -141,7 +148,8 @@ class ScaPreConfig:
     def reach(self) -> float:
         """How far beyond the configured solve ``strength`` goes: ``strength`` above 1, else 1 (SPEC-free, beyond
         the paper). At reach ``r`` the erase scale is ``r * erase_scale`` and what pulls the change back (the Bures
-        strength ``mu`` of the scale variant, the small variant's rollback ``1 - keep``) is divided by ``r``."""
+        strength ``mu`` of the scale variant, the small variant's rollback ``1 - keep``) and Informax's exponent ``p``
+        (the row weights ``m`` read as ``m^(1/r)``) are divided by ``r``."""
         return self.strength if self.strength > 1.0 else 1.0
 
     @property
@@ -153,6 +161,18 @@ class ScaPreConfig:
         published guide is the empty prompt), an edit that maps the prompt exactly onto its guide cannot forget it,
         and only a target past the guide can (docs/miniworlds.md). Not used by the focus variant."""
         return 0.0 if self.strength <= 1.0 else self.overshoot * (min(self.strength, OVERSHOOT_UNTIL) - 1.0)
+
+    @property
+    def to_look_alike(self) -> float:
+        """How far each erased prompt's guide is moved towards its nearest look-alike (beyond the paper; where
+        look-alikes were found, see :func:`scapre_core.focus.toward_look_alikes`): 0 up to strength 1, then
+        ``look_alike_pull`` per unit of strength above 1, up to 1 (all the way, from strength 3 at the default 0.5).
+        Every miniature world draws a circle when no shape is named, so no edit towards the empty guide, however far
+        past it, forgets the circle; towards a look-alike ("ring") it goes (docs/miniworlds.md). Not used by the
+        focus variant, whose guide already is the look-alike."""
+        if self.strength <= 1.0 or self.variant == "focus":
+            return 0.0
+        return min(1.0, self.look_alike_pull * (self.strength - 1.0))
 
     @property
     def solve_scale(self) -> float:
@@ -243,6 +263,7 @@ def _validate(cfg: ScaPreConfig) -> None:
     _real(cfg, "strength", 0.0)
     _real(cfg, "focus_eps", 0.0, open_low=True)
     _real(cfg, "overshoot", 0.0)
+    _real(cfg, "look_alike_pull", 0.0)
     _integer(cfg, "focus_rank", 1)
     _integer(cfg, "mi_samples", 1)
     _integer(cfg, "entropy_samples", 1)

@@ -109,7 +109,8 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
 def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength`` scales it
     down (below 1); above 1 it goes further (:attr:`ScaPreConfig.reach`: erase scale times the reach, what pulls
-    back divided by it; :attr:`ScaPreConfig.past_guide`: targets past the guides). For the focus variant ``text``
+    back and Informax's ``p`` divided by it; :attr:`ScaPreConfig.past_guide`: targets past the guides; the guides
+    themselves are moved by the caller, :func:`~scapre_core.focus.toward_look_alikes`). For the focus variant ``text``
     is its map ``A`` (:func:`~scapre_core.focus.focus_map`, built with the reach) and the change is ``W0 A``."""
     if config.variant == "focus":
         return w0 @ text
@@ -118,13 +119,21 @@ def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: Sca
     return _method_change(w0, text, stats, config)
 
 
+def _row_weights(stats: RowStats, config: ScaPreConfig, rows: int, m: int, w0: torch.Tensor) -> torch.Tensor:
+    """``[rows, m]``: the Informax row weights the data term reads (ones for uce and without Informax). Above
+    strength 1 (beyond the paper) they are raised to ``1 / reach``, i.e. Informax's exponent ``p`` is divided by the
+    reach: the published ``p`` (5 and 8 for many-objects and artists) leaves most rows at ``0.5^p`` of the erase
+    term, too little for any erase scale the dial offers to forget (docs/miniworlds.md)."""
+    if config.variant == "uce":
+        return torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
+    weights = stats.weights_or_ones(rows, m, w0)
+    return weights if config.reach == 1.0 else weights.pow(1.0 / config.reach)
+
+
 def _method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
-    if config.variant == "uce":
-        row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
-    else:
-        row_weights = stats.weights_or_ones(rows, m, w0)
+    row_weights = _row_weights(stats, config, rows, m, w0)
     reach, scale = config.reach, config.solve_scale  # 1 and erase_scale up to strength 1
     data_e = data_term(w0, text, row_weights, scale, config.technique, config.past_guide)
 
@@ -163,10 +172,7 @@ def lowrank_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: Sc
         return None
     rows, m = w0.shape[0], text.concept_vecs.shape[0]
     check_row_stats(stats, config, rows, m)
-    if config.variant == "uce":
-        row_weights = torch.ones(rows, m, dtype=w0.dtype, device=w0.device)
-    else:
-        row_weights = stats.weights_or_ones(rows, m, w0)
+    row_weights = _row_weights(stats, config, rows, m, w0)
     reach, scale = config.reach, config.solve_scale
     data_e = data_term(w0, text, row_weights, scale, config.technique, config.past_guide)
     projected = w0 @ text.basis  # [o, r]

@@ -23,6 +23,8 @@ With a guide that is the concept's nearest look-alike, or the mean of several (`
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .concepts import ConceptSet
@@ -160,3 +162,33 @@ def nearest(concept_vecs: torch.Tensor, candidate_vecs: torch.Tensor, k: int,
         order = [int(i) for i in torch.argsort(sims[j], descending=True) if int(i) not in skip]
         out.append(order[:k])
     return out
+
+
+def toward_look_alikes(published: ConceptSet, look_alikes: ConceptSet, share: float) -> ConceptSet:
+    """``published`` with each erase prompt's target moved ``share`` of the way to its target in ``look_alikes``
+    (beyond the paper; :attr:`ScaPreConfig.toward_look_alike`): ``Y_j + share (L_j - Y_j)``. Both sets must hold the
+    same erase prompts with the same contexts (the focus variant's text side and the published one, built from the
+    same prompts; where one is longer, its rows past the other's, padding, keep the published target); at ``share``
+    0 ``published`` itself is returned."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be between 0 and 1, got {share}")
+    if share == 0.0:
+        return published
+    if published.num_concepts != look_alikes.num_concepts or not all(
+            torch.equal(x[:min(len(x), len(z))], z[:min(len(x), len(z))])
+            for x, z in zip(published.contexts, look_alikes.contexts, strict=True)):
+        raise ValueError("the look-alike guides were built for other erase prompts than the edit's: encode both "
+                         "from the same prompts")
+    targets = []
+    for y, z in zip(published.targets, look_alikes.targets, strict=True):
+        n = min(len(y), len(z))  # rows past the shorter one (padding) keep the published target
+        moved = y.to(torch.float64).clone()
+        moved[:n] += share * (z[:n].to(torch.float64) - moved[:n])
+        targets.append(moved.to(y.dtype))
+    targets = tuple(targets)
+    texts = ()
+    if published.guide_texts and look_alikes.guide_texts:
+        texts = tuple(f"{g!r} moved {share:.2f} towards {z!r}"
+                      for g, z in zip(published.guide_texts, look_alikes.guide_texts, strict=True))
+    return dataclasses.replace(published, targets=targets, guides=targets, guide_index=tuple(range(len(targets))),
+                               guide_texts=texts)

@@ -108,8 +108,9 @@ def preset_config(name: str, strength: float = 1.0, seed: int = 0) -> ScaPreConf
 
     ``strength`` is ``ScaPreConfig.strength``: 0 no edit at all, below 1 that share of the preset's change, 1 the
     preset exactly as published (the same config, hence the same bits), above 1 the method goes further
-    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back divided by it;
-    :attr:`ScaPreConfig.past_guide`: the erased prompts aimed past their guides).
+    (:attr:`ScaPreConfig.reach`: erase scale times the strength, what pulls the change back and Informax's ``p``
+    divided by it; :attr:`ScaPreConfig.past_guide`: the erased prompts aimed past their guides;
+    :attr:`ScaPreConfig.to_look_alike`: their guides moved towards their nearest look-alikes where those were found).
 
     ``auto`` gives ``precise``'s config, what it runs where it can; ScaPre Erase and the command line choose per edit
     (:func:`auto_preset`)."""

@@ -14,7 +14,7 @@ BASE = dict(
     mi_temperature=0.7, mi_samples=5, noise_sigma=0.01, use_informax=True, entropy_samples=20,
     entropy_bins=20, mu_from_entropy=True, mu=0.1, ased=False, t_sigma=1.0, p_sigma=1.0, bures_iters=1,
     egbr=False, alpha_min=0.8, svd_residual=False, seed=0, mi_estimator="sampled", precision="float32", strength=1.0,
-    focus_rank=2, focus_eps=1e-3, overshoot=0.3,
+    focus_rank=2, focus_eps=1e-3, overshoot=0.3, look_alike_pull=0.5,
 )
 EXPECTED = {
     "custom": BASE,

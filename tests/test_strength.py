@@ -1,6 +1,7 @@
 """The strength dial (``ScaPreConfig.strength``, ``preset_config(name, strength)``): 0 is no edit, 1 the published
 edit bit for bit, between them a share of its change, above 1 the method itself goes further (erase scale up, what
-pulls the change back down, the erased prompts aimed past their guides by ``overshoot`` per unit above 1)."""
+pulls the change back and Informax's p down, the erased prompts aimed past their guides by ``overshoot`` per unit
+above 1, their guides moved towards look-alikes by ``look_alike_pull`` per unit where look-alikes were found)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import dataclasses
 
 import pytest
 import torch
-from comfyui_scapre.scapre_core import ScaPreConfig, erase, erase_iter
+from comfyui_scapre.scapre_core import ConceptSet, ScaPreConfig, erase, erase_iter
+from comfyui_scapre.scapre_core.focus import toward_look_alikes
 from comfyui_scapre.scapre_core.presets import PRESET_NAMES, PRESETS, preset_config
 from comfyui_scapre.scapre_core.report import ReportBuilder
 from helpers import clip_like_concepts, random_concepts, random_weights
@@ -93,9 +95,9 @@ def test_strength_below_one_multiplies_the_change(name):
 
 def _further(config: ScaPreConfig, s: float) -> ScaPreConfig:
     """What strength ``s`` > 1 means, written as the published fields: erase scale times ``s``, what pulls back
-    (a constant mu, the small variant's rollback 1 - alpha_min) divided by ``s``."""
+    (a constant mu, the small variant's rollback 1 - alpha_min) and Informax's exponent p divided by ``s``."""
     return config.replace(erase_scale=config.erase_scale * s, mu=config.mu / s,
-                          alpha_min=1.0 - (1.0 - config.alpha_min) / s)
+                          alpha_min=1.0 - (1.0 - config.alpha_min) / s, p=config.p / s)
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -105,8 +107,9 @@ def test_strength_above_one_raises_the_erase_scale_and_lowers_the_pull_back(name
     config = preset_config(name, 1.0).replace(precision="float64", mu_from_entropy=False, mu=0.2, overshoot=0.0)
     out = erase(w, cs, config.replace(strength=s))
     same = erase(w, cs, _further(config, s))
-    # identical arithmetic except the small variant's rollback, written differently (1 - (1 - keep) / s)
-    exact = config.variant != "small"
+    # identical arithmetic except the small variant's rollback, written differently (1 - (1 - keep) / s), and
+    # Informax's weights, sigmoid^p then ^(1/s) against sigmoid^(p/s)
+    exact = config.variant != "small" and not config.needs_row_weights
     for k in w:
         if exact:
             assert torch.equal(out[k], same[k]), (name, k)
@@ -196,3 +199,77 @@ def test_efficacy_grows_with_strength(name, prompts):
 def test_bad_strength_field_is_refused(bad):
     with pytest.raises(ValueError, match="strength"):
         ScaPreConfig(strength=bad)
+
+
+# --- beyond the paper: above strength 1 the guides move towards the look-alikes, Informax's p is divided -------
+def _guided_pair(m: int = 3, preserve: int = 2):
+    """The same erase prompts guided to the empty prompt (as published) and to "look-alikes" whose last word sits
+    later (so their aligned contexts are shorter), with preserve prompts on the published side."""
+    _, raw = random_concepts(m=m, dim=24, length=12, seed=7, guided=True, preserve=preserve)
+    empty = raw["empty"]
+    published = ConceptSet.from_embeddings(raw["erase"], raw["erase_last"], [empty] * m, [0] * m, empty,
+                                            raw["preserve"], raw["preserve_last"])
+    later = [f + 1 + j % 2 for j, f in enumerate(raw["erase_last"])]  # some look-alikes end their words later
+    look = ConceptSet.from_embeddings(raw["erase"], raw["erase_last"], raw["guide"], later, empty)
+    return published, look
+
+
+def test_toward_look_alikes_moves_each_target_and_keeps_the_rest():
+    published, look = _guided_pair()
+    assert toward_look_alikes(published, look, 0.0) is published
+    assert any(len(y) > len(z) for y, z in zip(published.targets, look.targets, strict=True))  # the prefix rule runs
+    for share in (0.25, 1.0):
+        moved = toward_look_alikes(published, look, share)
+        assert moved.contexts == published.contexts and moved.preserve_contexts == published.preserve_contexts
+        for y, z, t in zip(published.targets, look.targets, moved.targets, strict=True):
+            n = len(z)
+            torch.testing.assert_close(t[:n], y[:n] + share * (z[:n] - y[:n]), rtol=0, atol=1e-6)
+            assert torch.equal(t[n:], y[n:])  # rows the look-alike does not reach keep the published target
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        toward_look_alikes(published, look, 1.5)
+    other, _ = _guided_pair(m=2)
+    with pytest.raises(ValueError, match="other erase prompts"):
+        toward_look_alikes(published, other, 0.5)
+
+
+@pytest.mark.parametrize("name", ["uce", "custom", "few-objects"])
+def test_all_the_way_to_the_look_alikes_is_the_edit_guided_to_them(name):
+    """At share 1 the edit is the one whose guides are the look-alikes (the rows past a look-alike's end keep the
+    published target, so the look-alike set is given those rows too)."""
+    published, look = _guided_pair()
+    w = random_weights({"k": (40, 24), "v": (30, 24)}, seed=5, dtype=torch.float64)
+    moved = toward_look_alikes(published, look, 1.0)
+    by_hand = dataclasses.replace(published, guides=tuple(
+        torch.cat([z, y[len(z):]]) for y, z in zip(published.targets, look.targets, strict=True)),
+        guide_index=tuple(range(published.num_concepts)))
+    config = preset_config(name, 3.0, seed=1).replace(precision="float64")
+    a, b = erase(w, moved, config), erase(w, by_hand, config)
+    for k in w:
+        assert float((a[k] - b[k]).norm()) <= 1e-6 * float((a[k] - w[k]).norm())
+    assert float((a["k"] - erase(w, published, config)["k"]).norm()) > 1e-3 * float((a["k"] - w["k"]).norm())
+
+
+def test_the_share_towards_the_look_alikes_grows_with_strength():
+    assert preset_config("uce", 1.0).to_look_alike == 0.0
+    assert preset_config("custom", 0.5).to_look_alike == 0.0
+    assert preset_config("custom", 2.0).to_look_alike == pytest.approx(0.5)
+    assert preset_config("artists", 3.0).to_look_alike == 1.0
+    assert preset_config("artists", 10.0).to_look_alike == 1.0
+    assert preset_config("uce", 2.0).replace(look_alike_pull=0.0).to_look_alike == 0.0
+    assert preset_config("precise", 3.0).to_look_alike == 0.0  # its guide already is the look-alike
+    with pytest.raises(ValueError, match="look_alike_pull"):
+        ScaPreConfig(look_alike_pull=-1.0)
+
+
+def test_above_one_informax_exponent_is_divided_by_the_reach():
+    """The row weights the data term reads are ``m^(1/reach)``: ``p / reach`` for Informax's ``sigmoid^p``; at 1
+    they are Informax's exactly, and uce reads none."""
+    from comfyui_scapre.scapre_core.erase import _row_weights
+    from comfyui_scapre.scapre_core.informax import RowStats
+
+    weights = torch.rand(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 8
+    stats = RowStats(row_weights=weights, entropy=None)
+    like = torch.zeros(6, 3, dtype=torch.float64)
+    assert torch.equal(_row_weights(stats, preset_config("artists", 1.0), 6, 2, like), weights)
+    torch.testing.assert_close(_row_weights(stats, preset_config("artists", 4.0), 6, 2, like), weights ** 0.25)
+    assert torch.equal(_row_weights(stats, preset_config("uce", 4.0), 6, 2, like), torch.ones(6, 2, dtype=like.dtype))

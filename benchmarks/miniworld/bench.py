@@ -62,6 +62,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
 
 from scapre_core import ScaPreConfig
 from scapre_core.evaluation.recovery import wilson
+from scapre_core.focus import toward_look_alikes
 from scapre_core.presets import BEYOND_THE_PAPER, PRESETS, preset_config
 
 from .evaluate import (
@@ -389,11 +390,16 @@ def run_set(world, judge, name: str, concepts: list[str], all_methods: list[Meth
     pictures = {}
     sets = {False: concept_set(world, concepts), True: concept_set(world, concepts, list(case.preserve))}
     chosen = {}
-    if any(m.config(0).variant == "focus" for m in all_methods):  # look-alikes found in the world's own text space
+    # look-alikes found in the world's own text space: the focus variant's guides, and where strength above 1 moves
+    # a published preset's guides to (as the nodes do with look_alikes auto)
+    if any(m.config(0).variant == "focus" or m.config(0).to_look_alike for m in all_methods):
         sets["focus"], chosen = focus_concept_set(world, concepts)
         log.info("%s: focus guides %s", name, chosen["guides"])
 
     def text_side(m: Method):
+        share = m.config(0).to_look_alike
+        if share:
+            return toward_look_alikes(sets[m.preserve], sets["focus"], share)
         return sets["focus"] if m.config(0).variant == "focus" and not m.preserve else sets[m.preserve]
 
     for seed in seeds:

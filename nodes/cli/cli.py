@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                             + "; ".join(f"{n}: {PRESETS[n].description}" for n in PRESET_NAMES))
     erase.add_argument("--strength", type=float, default=1.0,
                        help="how far the edit goes: 0 no edit, up to 1 a share of the preset's change, 1 as published, "
-                            "above 1 further (erase scale times it, pull-back divided by it, the erased prompts aimed "
-                            "past their guides); default 1")
+                            "above 1 further (erase scale times it, pull-back and Informax's p divided by it, the "
+                            "erased prompts aimed past their guides, the guides moved towards look-alikes); default 1")
     erase.add_argument("--seed", type=int, default=0, help="seed of the Informax/entropy noise (0)")
     erase.add_argument("--settings", metavar="FILE.json",
                        help="JSON object of config field names (and 'edit') overriding the preset's values")
@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"token and the {KEY_TOKENS} after it, cheap) or full (every token, about as long again as "
                             "the edit)")
     erase.add_argument("--look-alikes", choices=["auto", "preserve prompts", "off"], default=None,
-                       help="look-alikes for the focus variant (presets precise and auto, beyond the paper): auto "
-                            "(default with them) finds them among about 200 everyday concepts, 'preserve prompts' "
-                            "uses --preserve only")
+                       help="look-alikes for the focus variant (presets precise and auto, beyond the paper) and "
+                            "for --strength above 1 (the guides move towards them): auto (default with either) finds "
+                            "them among about 200 everyday concepts, 'preserve prompts' uses --preserve only")
     erase.add_argument("--comfyui", metavar="PATH",
                        help="ComfyUI folder (default: $COMFYUI_PATH, else the ComfyUI this pack is installed in)")
     erase.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")

@@ -103,7 +103,9 @@ def prepare(args) -> EraseJob:
     origin = {"source": "command line", "preset": args.preset, "strength": float(args.strength)}
     if args.settings is not None:
         origin["settings_file"] = str(Path(args.settings).name)
-    look_alikes = getattr(args, "look_alikes", None) or ("auto" if settings.config.variant == "focus" else "off")
+    # the focus variant needs look-alikes; strength above 1 moves the published guides towards them
+    wanted = settings.config.variant == "focus" or settings.config.to_look_alike > 0
+    look_alikes = getattr(args, "look_alikes", None) or ("auto" if wanted else "off")
     return EraseJob(checkpoint=checkpoint.resolve(), concepts=concepts, settings=settings, out=out, lora=lora,
                     rank=args.rank, dtype=dtype, origin=origin, concept_type=args.concept_type,
                     expand_templates=args.expand_templates, guide=args.guide, preserve=args.preserve or "",

@@ -18,6 +18,7 @@ import torch
 
 from ...scapre_core import ScaPreConfig, __version__, erase_iter, informax_weights
 from ...scapre_core.concepts import ConceptSet
+from ...scapre_core.focus import toward_look_alikes
 from ...scapre_core.lowrank import LowRankChange
 from ...scapre_core.presets import auto_preset
 from ...scapre_core.report import REPORT_TOKENS, EditReport, PromptResult, ReportBuilder, scope_tokens, verdict_line
@@ -159,6 +160,34 @@ def _focus_inputs(arch: Architecture, inputs: list[StreamInput], concepts: Encod
     return [dataclasses.replace(i, build=_with_erase(i.build, concepts.focus)) for i in inputs]
 
 
+def _toward_look_alikes(inputs: list[StreamInput], concepts: EncodedConcepts,
+                        share: float) -> tuple[list[StreamInput], str]:
+    """Strength above 1 with a published preset (beyond the paper): every erase prompt's guide moved ``share`` of the
+    way to its nearest look-alike (``scapre_core.focus.toward_look_alikes``), where look-alikes were found and the
+    model reads the text encoder's output directly; the stream's preserve prompts stay. Returns the inputs and a
+    line for the summary saying what was done or why not."""
+    if concepts.focus is None or concepts.own_guides is None:
+        return inputs, ("strength above 1: the guides stay as published (no look-alikes to move them towards: "
+                        "look_alikes auto on ScaPre Concept Encode finds them)")
+    if not all(_plain(i) for i in inputs):
+        return inputs, ("strength above 1: the guides stay as published (moving them towards look-alikes is for "
+                        "models that read the text encoder's output directly: SD1.x, SD2.x, SDXL)")
+    erase = toward_look_alikes(concepts.own_guides, concepts.focus, share)
+    moved = [dataclasses.replace(i, build=_with_moved_erase(i.build, erase)) for i in inputs]
+    return moved, (f"strength above 1 (beyond the paper): guides moved {share:.0%} of the way towards the "
+                   "look-alikes: " + "; ".join(f"{c} -> {n[0]}" for c, n in (concepts.look_alikes or {}).items()
+                                               if n))
+
+
+def _with_moved_erase(build: Callable[[], StreamSets], erase: ConceptSet) -> Callable[[], StreamSets]:
+    def moved() -> StreamSets:
+        sets = build()
+        keep = dataclasses.replace(erase, preserve_contexts=sets.erase.preserve_contexts,
+                                   preserve_texts=sets.erase.preserve_texts)
+        return dataclasses.replace(sets, erase=keep)
+    return moved
+
+
 def _with_erase(build: Callable[[], StreamSets], erase: ConceptSet) -> Callable[[], StreamSets]:
     return lambda: dataclasses.replace(build(), erase=erase)
 
@@ -291,6 +320,9 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
         inputs = _focus_inputs(arch, inputs, concepts)
         warnings.append("focus variant (beyond the paper); look-alikes: " + "; ".join(
             f"{c} -> {', '.join(n)}" for c, n in (concepts.look_alikes or {}).items()))
+    elif config.to_look_alike > 0:
+        inputs, note = _toward_look_alikes(inputs, concepts, config.to_look_alike)
+        warnings.append(note)
     if not arch.published:
         warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}. Measured on "
                         "weights only (the report), not on images: check with ScaPre Compare")

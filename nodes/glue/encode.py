@@ -432,7 +432,7 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
                 raise ValueError(f"{what} {text!r} has no word tokens after tokenization; write a word")
     concept_of = {p: plan.concepts[j] for p, j in zip(plan.prompts, plan.concept_index, strict=True)}
     sets = stream_sets(plan, encodings, concept_of=concept_of)
-    focus, chosen = None, None
+    focus, chosen, own = None, None, None
     if candidates:
         if len(encodings[""].segments) != 1:
             raise ValueError(f"look-alikes (the focus variant, preset precise, beyond the paper) work with one text "
@@ -442,6 +442,7 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
             encode.add(candidate_encodings(clip, step))
         encode.encode_all([*plan.concepts, *candidates], step)
         focus, chosen = focus_concepts(encode, plan, candidates)
+        own = own_guides(encode, plan)
     return EncodedConcepts(
         erase=sets.erase,
         plan=plan,
@@ -452,6 +453,7 @@ def encode_concepts(clip, plan: PromptPlan, concept_type: str = "",
         encodings=encodings,
         text_encoder=encode.layout.name,
         focus=focus,
+        own_guides=own,
         look_alikes=chosen,
         notes=notes,
     )
@@ -481,6 +483,17 @@ def binding_guides(encode: PromptEncoder, bound: list[str], candidates: list[str
             for c in bound]
     rows = nearest(vecs, cand_vecs, 1, skip)
     return {c: binding_guide(c, candidates[row[0]]) for c, row in zip(bound, rows, strict=True) if row}
+
+
+def own_guides(encode: PromptEncoder, plan: PromptPlan) -> ConceptSet:
+    """The erase prompts guided as the plan says (a typed guide, else the empty prompt), on the tokens
+    :func:`focus_concepts` uses: where strength above 1 moves the guides towards the look-alikes from
+    (``scapre_core.focus.toward_look_alikes``; beyond the paper)."""
+    erase_seqs, erase_last = zip(*(_tokens_of(encode, p) for p in plan.prompts), strict=True)
+    guide_seqs, guide_last = zip(*(_tokens_of(encode, g) for g in plan.guides), strict=True)
+    empty, _ = _tokens_of(encode, "")
+    return ConceptSet.from_embeddings(list(erase_seqs), list(erase_last), list(guide_seqs), list(guide_last), empty,
+                                      erase_texts=plan.prompts, guide_texts=plan.guides)
 
 
 def focus_concepts(encode: PromptEncoder, plan: PromptPlan,

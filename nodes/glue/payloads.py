@@ -49,6 +49,9 @@ class EncodedConcepts(_Shared):
     encodings: Mapping[str, Any] = field(default_factory=dict)
     text_encoder: str = ""
     focus: ConceptSet | None = None  # the focus variant's text side (look-alike guides, references); None: off
+    #: The erase prompts with their own guides on ``focus``'s tokens, which strength above 1 moves towards ``focus``'s
+    #: guides (beyond the paper); None where ``focus`` is.
+    own_guides: ConceptSet | None = None
     look_alikes: Mapping[str, tuple[str, ...]] | None = None  # per concept, the look-alikes that guide it
     notes: tuple[str, ...] = ()  # what the encode node's summary says besides the plan's warnings
 

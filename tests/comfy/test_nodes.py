@@ -152,7 +152,8 @@ def test_erase_nodes_names_and_the_legacy_widget_order(scapre_nodes):
     sockets = {"model", "concepts", "informax"}
     assert [i.id for i in legacy.inputs if i.id not in sockets] == LEGACY_WIDGETS
     # the same widgets, same order, same defaults; fields added later come after them (Settings only)
-    assert [i.id for i in settings.inputs] == [*LEGACY_WIDGETS, "strength", "focus_rank", "focus_eps", "overshoot"]
+    assert [i.id for i in settings.inputs] == [*LEGACY_WIDGETS, "strength", "focus_rank", "focus_eps", "overshoot",
+                                                   "look_alike_pull"]
     legacy_defaults = {i.id: i.default for i in legacy.inputs if i.id not in sockets}
     assert {i.id: i.default for i in settings.inputs if i.id in legacy_defaults} == legacy_defaults
     assert {i.id: i.tooltip for i in settings.inputs if i.id in legacy_defaults} == {
@@ -379,6 +380,15 @@ def test_look_alikes_are_found_shown_and_used_by_the_precise_preset(scapre_nodes
     # the published presets do not read the look-alikes: the same edit with and without them
     uce = _erase_simple(c, model, payload, preset="uce")
     assert _same_edit(uce[0], _erase_simple(c, model, plain, preset="uce")[0])
+    # above strength 1 they do (beyond the paper): the guides move towards the nearest look-alike, all the way at 3
+    further = _erase_simple(c, model, payload, preset="uce", strength=3.0)
+    moved = f"guides moved 100% of the way towards the look-alikes: cat -> {near[0]}"
+    assert any(moved in w for w in further[1].warnings)
+    without = _erase_simple(c, model, plain, preset="uce", strength=3.0)
+    assert any("guides stay as published" in w for w in without[1].warnings)
+    assert not _same_edit(further[0], without[0])
+    half = _erase_simple(c, model, payload, preset="uce", strength=2.0)
+    assert any("guides moved 50% of the way" in w for w in half[1].warnings)
 
 
 def test_bad_inputs_give_clear_errors(scapre_nodes, sd15_loaded, sd15_edit):
