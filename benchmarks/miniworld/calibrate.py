@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``miniworld`` (and throug
 
 from scapre_core import ConceptSet, erase
 from scapre_core.evaluation.recovery import wilson
+from scapre_core.focus import toward_look_alikes
 from scapre_core.report import DRAWN_BELOW, FORGOTTEN_AT, VERDICTS, ReportBuilder, verdict
 
 from .bench import CONCEPT_SETS, SIZES, Method, _reads_concept, build_case
@@ -111,7 +112,7 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
     asks = [a for a, _ in erased]  # only the prompts that name an erased concept are drawn
     context = context_set(world, asks, [c for _, c in erased])
     sets = {"plain": concept_set(world, concepts)}
-    if any(m.config(0).variant == "focus" for m in methods):
+    if any(m.config(0).variant == "focus" or m.config(0).to_look_alike for m in methods):
         sets["focus"], _ = focus_concept_set(world, concepts)
     points = {(m, c): {"k": 0, "n": 0, "efficacy": [], "context": [], "full": []} for m in ["unedited", *methods]
               for c in concepts}
@@ -125,6 +126,8 @@ def calibrate_set(world, judge, set_name: str, methods: list[Method], seeds: tup
             points[("unedited", concept)]["full"] = [0.0]
         for m in methods:
             cs = sets["focus" if m.config(seed).variant == "focus" else "plain"]
+            if m.config(seed).to_look_alike:  # above 1 the guides move towards the look-alikes, as ScaPre Erase does
+                cs = toward_look_alikes(sets["plain"], sets["focus"], m.config(seed).to_look_alike)
             eff, eff_context, edited = efficacies(world, cs, m, seed, context)
             unet = unet_with(world, edited)
             reading = read(judge, draw(world, asks, seed, unet=unet, steps=steps, guidance=guidance), asks)
