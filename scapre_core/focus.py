@@ -166,7 +166,7 @@ def nearest(concept_vecs: torch.Tensor, candidate_vecs: torch.Tensor, k: int,
 
 def toward_look_alikes(published: ConceptSet, look_alikes: ConceptSet, share: float) -> ConceptSet:
     """``published`` with each erase prompt's target moved ``share`` of the way to its target in ``look_alikes``
-    (beyond the paper; :attr:`ScaPreConfig.toward_look_alike`): ``Y_j + share (L_j - Y_j)``. Both sets must hold the
+    (beyond the paper; :attr:`ScaPreConfig.to_look_alike`): ``Y_j + share (L_j - Y_j)``. Both sets must hold the
     same erase prompts with the same contexts (the focus variant's text side and the published one, built from the
     same prompts; where one is longer, its rows past the other's, padding, keep the published target); at ``share``
     0 ``published`` itself is returned."""
