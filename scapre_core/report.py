@@ -82,8 +82,14 @@ class EditReport:
 
     def empty_guide(self) -> bool:
         """Whether every erased prompt was guided to the empty prompt (the published presets), as far as ``info``
-        says (``guides``, and no ``look_alikes``)."""
-        return list(self.info.get("guides") or ()) == [""] and not self.info.get("look_alikes")
+        says: ``guides``, and ``look_alike_share`` (how far the guides moved towards look-alikes: 0 for a published
+        preset at strength 1 or less, even where look-alikes were found); reports that predate it count any
+        ``look_alikes`` as used."""
+        if "look_alike_share" in self.info:
+            moved = bool(self.info["look_alike_share"])
+        else:
+            moved = bool(self.info.get("look_alikes"))
+        return list(self.info.get("guides") or ()) == [""] and not moved
 
     def verdicts(self) -> dict[str, Any] | None:
         """The verdict on the erased prompts (:func:`verdict`): how many of each, the prompts not likely forgotten

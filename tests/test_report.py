@@ -259,6 +259,11 @@ def test_report_and_summary_give_a_verdict_per_erased_prompt():
     assert empty.summary()["verdict"]["caveat"] == EMPTY_GUIDE_CAVEAT and EMPTY_GUIDE_CAVEAT in empty.to_markdown()
     focused = _judged({"cat": 0.95}, {"guides": [""], "look_alikes": {"cat": ["dog"]}})
     assert focused.summary()["verdict"]["caveat"] == ""
+    # look-alikes found but not used (a published preset at strength 1): the guide is still the empty prompt
+    unused = _judged({"cat": 0.95}, {"guides": [""], "look_alikes": {"cat": ["dog"]}, "look_alike_share": 0.0})
+    assert unused.summary()["verdict"]["caveat"] == EMPTY_GUIDE_CAVEAT
+    half = _judged({"cat": 0.95}, {"guides": [""], "look_alikes": {"cat": ["dog"]}, "look_alike_share": 0.5})
+    assert half.summary()["verdict"]["caveat"] == ""
 
 
 def test_summary_lists_at_most_a_few_doubtful_prompts_and_full_scope_has_no_verdict():

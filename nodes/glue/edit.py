@@ -316,12 +316,16 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
             "informax": "from ScaPre Informax" if given else "computed here",
             "replaced_by_informax": replaced}
     arch, inputs = stream_inputs(model, concepts, edit)
+    share = 0.0  # how far the erase prompts' guides went towards their look-alikes (report.info)
     if config.variant == "focus":
         inputs = _focus_inputs(arch, inputs, concepts)
+        share = 1.0
         warnings.append("focus variant (beyond the paper); look-alikes: " + "; ".join(
             f"{c} -> {', '.join(n)}" for c, n in (concepts.look_alikes or {}).items()))
     elif config.to_look_alike > 0:
-        inputs, note = _toward_look_alikes(inputs, concepts, config.to_look_alike)
+        moved, note = _toward_look_alikes(inputs, concepts, config.to_look_alike)
+        share = config.to_look_alike if moved is not inputs else 0.0
+        inputs = moved
         warnings.append(note)
     if not arch.published:
         warnings.append(f"{arch.name}: beyond the paper; ScaPre's closed form applied to {arch.where}. Measured on "
@@ -385,7 +389,7 @@ def run_erase(model, concepts: EncodedConcepts, config: ScaPreConfig, edit: str 
                                    "architecture": arch.name, "model_class": type(model.model).__name__,
                                    "method": arch.method,
                                    "informax": "precomputed" if given else "computed", "used": used,
-                                   "report_tokens": report_tokens,
+                                   "report_tokens": report_tokens, "look_alike_share": share,
                                    "report_tokens_per_prompt": scope_tokens(report_tokens), "patches": patches,
                                    **tracker.info()})
     record = EditRecord(diffs=diffs, report=report, concepts=concepts.describe(), config=config.to_dict(),

@@ -380,6 +380,10 @@ def test_look_alikes_are_found_shown_and_used_by_the_precise_preset(scapre_nodes
     # the published presets do not read the look-alikes: the same edit with and without them
     uce = _erase_simple(c, model, payload, preset="uce")
     assert _same_edit(uce[0], _erase_simple(c, model, plain, preset="uce")[0])
+    # ... so their guide is still the empty prompt, and the verdict keeps its caveat
+    assert uce[1].info["look_alike_share"] == 0 and precise[1].info["look_alike_share"] == 1
+    assert "empty prompt" in uce.ui["scapre_summary"][0]["verdict"]["caveat"]
+    assert precise.ui["scapre_summary"][0]["verdict"]["caveat"] == ""
     # above strength 1 they do (beyond the paper): the guides move towards the nearest look-alike, all the way at 3
     further = _erase_simple(c, model, payload, preset="uce", strength=3.0)
     moved = f"guides moved 100% of the way towards the look-alikes: cat -> {near[0]}"
@@ -387,8 +391,12 @@ def test_look_alikes_are_found_shown_and_used_by_the_precise_preset(scapre_nodes
     without = _erase_simple(c, model, plain, preset="uce", strength=3.0)
     assert any("guides stay as published" in w for w in without[1].warnings)
     assert not _same_edit(further[0], without[0])
+    assert further[1].info["look_alike_share"] == 1 and without[1].info["look_alike_share"] == 0
+    assert further.ui["scapre_summary"][0]["verdict"]["caveat"] == ""
+    assert without.ui["scapre_summary"][0]["verdict"]["caveat"]
     half = _erase_simple(c, model, payload, preset="uce", strength=2.0)
     assert any("guides moved 50% of the way" in w for w in half[1].warnings)
+    assert half[1].info["look_alike_share"] == 0.5
 
 
 def test_bad_inputs_give_clear_errors(scapre_nodes, sd15_loaded, sd15_edit):
