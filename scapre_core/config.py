@@ -80,7 +80,9 @@ FIELD_HELP: dict[str, str] = {
     "eigenvalue (0.001); larger lets the edit use directions the preserve prompts also use.",
     "overshoot": "Above strength 1 (beyond the paper): how far past its guide each erased prompt is aimed, per unit "
     "of strength above 1 (0.3: at strength 2 the target is the guide plus 0.3 of the way from the prompt to the "
-    "guide; it grows up to strength 5, plus 1.2, and stays there). A model may draw a concept even when it is not "
+    "guide; it grows up to strength 5, plus 1.2, and stays there), shared among the erased prompts (with 5 "
+    "concepts each is aimed a fifth as far: their targets all move the rows every prompt shares, and the full "
+    "overshoot for each breaks the pictures). A model may draw a concept even when it is not "
     "named; mapping the prompt exactly onto the empty guide cannot remove that, a target past it can. 0 = the dial "
     "stops at the guide. Not used by the focus variant (precise), whose guide is a look-alike.",
     "look_alike_pull": "Above strength 1 (beyond the paper): how far each erased prompt's guide moves towards the "
@@ -161,6 +163,17 @@ class ScaPreConfig:
         published guide is the empty prompt), an edit that maps the prompt exactly onto its guide cannot forget it,
         and only a target past the guide can (docs/miniworlds.md). Not used by the focus variant."""
         return 0.0 if self.strength <= 1.0 else self.overshoot * (min(self.strength, OVERSHOOT_UNTIL) - 1.0)
+
+    def past_guide_for(self, prompts: int) -> float:
+        """:attr:`past_guide` shared among ``prompts`` erased prompts (beyond the paper): each is aimed
+        ``past_guide / prompts`` past its guide. Every erased prompt's target moves the rows that all prompts share
+        (a CLIP-like model's end and padding tokens carry each prompt's meaning), so the full overshoot for each of
+        five concepts pushes those shared rows five times as far and the pictures break: with it, five concepts
+        came back at strength 5-10 in the clip64 miniature world, drawn as stripes, with nothing else kept;
+        shared, every preset forgets them there and keeps more (docs/miniworlds.md). One prompt: ``past_guide``."""
+        if isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1:
+            raise ValueError(f"prompts must be a whole number >= 1, got {prompts!r}")
+        return self.past_guide / prompts
 
     @property
     def to_look_alike(self) -> float:

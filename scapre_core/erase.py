@@ -109,9 +109,10 @@ def edit_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPr
 def method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: ScaPreConfig) -> torch.Tensor:
     """The change ``W - W0`` the method computes for one original ``w0``, before ``config.strength`` scales it
     down (below 1); above 1 it goes further (:attr:`ScaPreConfig.reach`: erase scale times the reach, what pulls
-    back and Informax's ``p`` divided by it; :attr:`ScaPreConfig.past_guide`: targets past the guides; the guides
-    themselves are moved by the caller, :func:`~scapre_core.focus.toward_look_alikes`). For the focus variant ``text``
-    is its map ``A`` (:func:`~scapre_core.focus.focus_map`, built with the reach) and the change is ``W0 A``."""
+    back and Informax's ``p`` divided by it; :meth:`ScaPreConfig.past_guide_for`: targets past the guides, shared
+    among the erased prompts; the guides themselves are moved by the caller,
+    :func:`~scapre_core.focus.toward_look_alikes`). For the focus variant ``text`` is its map ``A``
+    (:func:`~scapre_core.focus.focus_map`, built with the reach) and the change is ``W0 A``."""
     if config.variant == "focus":
         return w0 @ text
     if text.direct and w0.dtype != torch.float64:
@@ -135,7 +136,7 @@ def _method_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: Sc
     check_row_stats(stats, config, rows, m)
     row_weights = _row_weights(stats, config, rows, m, w0)
     reach, scale = config.reach, config.solve_scale  # 1 and erase_scale up to strength 1
-    data_e = data_term(w0, text, row_weights, scale, config.technique, config.past_guide)
+    data_e = data_term(w0, text, row_weights, scale, config.technique, config.past_guide_for(m))
 
     if config.variant == "scale":
         spread = None if stats.entropy is None else to_float64(stats.spread)
@@ -174,7 +175,7 @@ def lowrank_change(w0: torch.Tensor, text: TextSide, stats: RowStats, config: Sc
     check_row_stats(stats, config, rows, m)
     row_weights = _row_weights(stats, config, rows, m, w0)
     reach, scale = config.reach, config.solve_scale
-    data_e = data_term(w0, text, row_weights, scale, config.technique, config.past_guide)
+    data_e = data_term(w0, text, row_weights, scale, config.technique, config.past_guide_for(m))
     projected = w0 @ text.basis  # [o, r]
     row_scale = None
     if config.variant == "scale":

@@ -154,13 +154,39 @@ def test_strength_above_one_aims_past_the_guide(monkeypatch, name, path, s):
     config = preset_config(name, s, seed=2).replace(precision="float64", overshoot=0.4)
     assert config.past_guide == pytest.approx(0.4 * (s - 1))
     assert config.replace(strength=10.0).past_guide == pytest.approx(0.4 * 4)  # grows up to strength 5 only
+    m = len(cs.contexts)
+    assert m == 2 and config.past_guide_for(m) == pytest.approx(config.past_guide / 2)  # shared by the prompts
     out = erase(w, cs, config)
-    same = erase(w, _past_guides(cs, config.past_guide), config.replace(overshoot=0.0))
+    same = erase(w, _past_guides(cs, config.past_guide / m), config.replace(overshoot=0.0))
     for k in w:  # the moved guides are rounded to the float32 of the inputs; the edit moves them in float64
         assert float((out[k] - same[k]).norm()) <= 1e-6 * float((out[k] - w[k]).norm()), (name, path, k)
     if s > 1:
         stopped = erase(w, cs, config.replace(overshoot=0.0))
         assert not all(torch.allclose(out[k], stopped[k], rtol=1e-6) for k in w)
+
+
+def test_the_overshoot_is_shared_among_the_erased_prompts():
+    """Each of ``m`` erased prompts is aimed ``past_guide / m`` past its guide, not ``past_guide`` (the full
+    overshoot for each of several concepts pushes the rows they all share that many times as far): the edit of two
+    prompts is the one whose guides lie half the overshoot past, and differs from the one with the full overshoot
+    each; a single prompt gets it all."""
+    cs, w, _ = _inputs()
+    config = preset_config("uce", 3.0).replace(precision="float64", overshoot=0.5)
+    out = erase(w, cs, config)
+    half = erase(w, _past_guides(cs, config.past_guide / 2), config.replace(overshoot=0.0))
+    full = erase(w, _past_guides(cs, config.past_guide), config.replace(overshoot=0.0))
+    for k in w:
+        assert float((out[k] - half[k]).norm()) <= 1e-6 * float((out[k] - w[k]).norm()), k
+        assert float((out[k] - full[k]).norm()) > 1e-3 * float((out[k] - w[k]).norm()), k
+    one, _ = random_concepts(m=1, dim=24, length=12, seed=3)
+    alone = erase(w, one, config)
+    moved = erase(w, _past_guides(one, config.past_guide), config.replace(overshoot=0.0))
+    for k in w:
+        assert float((alone[k] - moved[k]).norm()) <= 1e-6 * float((alone[k] - w[k]).norm()), k
+    assert config.past_guide_for(1) == config.past_guide
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="prompts"):
+            config.past_guide_for(bad)
 
 
 def test_overshoot_is_not_read_by_precise_and_is_refused_below_zero():
