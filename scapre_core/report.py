@@ -214,9 +214,9 @@ DRAWN_BELOW = 0.4
 #: worlds, 256 points; "gone" = drawn in at most 10 % of the concept's pictures).
 VERDICT_RULE = (
     f"efficacy >= {FORGOTTEN_AT}: likely forgotten, < {DRAWN_BELOW}: likely still drawn, between: unsure; from "
-    "pictures in 4 miniature worlds (docs/miniworlds.md): at or above 0.7, 140 of 159 concepts were gone (118 of "
-    "127 guided to a look-alike; 7 of the 8 still drawn were guided to the empty prompt); below 0.4, 8 of 9 were "
-    "still drawn in some pictures; between, 28 of 88 were gone")
+    "pictures in 4 miniature worlds (docs/miniworlds.md): at or above 0.7, 132 of 147 concepts were gone (110 of "
+    "115 guided to a look-alike; all 7 still drawn were guided to the empty prompt); below 0.4, 8 of 9 were "
+    "still drawn in some pictures; between, 35 of 100 were gone")
 
 #: What the verdict cannot see when the guide is the empty prompt.
 EMPTY_GUIDE_CAVEAT = (
