@@ -127,11 +127,11 @@ STRENGTH_HELP = ("How far the edit goes (beyond the paper). 0 = no edit (the mod
                  "half the preset's change, 1 = the preset exactly as published; above 1 the method goes further "
                  "itself (its erase scale times the strength; what pulls the change back and Informax's p divided "
                  "by it), aims the erased prompts past their guides (overshoot 0.3 per unit from 1 to 5, shared "
-                 "among them) and moves "
-                 "their guides towards their nearest look-alikes (half way at 2, all the way from 3, where ScaPre "
-                 "Concept Encode found look-alikes; ScaPre Settings: look_alike_pull), so a concept the model draws "
-                 "even unnamed can go too. Raise it when the report says a concept is likely still drawn; higher "
-                 "forgets more and changes more of the rest (precise is already at its limit at 1).")
+                 "among them) and moves their guides towards their nearest look-alikes (half way at 2, all the way "
+                 "from 3, where ScaPre Concept Encode found look-alikes; ScaPre Settings: look_alike_pull), so a "
+                 "concept the model draws even unnamed can go too. Raise it when the report says a concept is likely "
+                 "still drawn; higher forgets more and changes more of the rest (precise is already at its limit at "
+                 "1).")
 
 
 class ScaPreEraseSimple(io.ComfyNode):
